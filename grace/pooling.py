@@ -1,0 +1,64 @@
+"""Pool last-layer hidden states into one embedding per sequence, as GRACE's training reward does.
+
+The embedding of a sequence (chat prompt + generated rationale) is the masked mean of its last-layer hidden
+states over every valid token after the system-prompt prefix: the user text, the template tokens before the
+answer, the rationale and its EOS. It is computed in float32 and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grace.prompts import SYSTEM_PROMPT
+
+# Stands in for the user text to find where user content starts in the chat template.
+_USER_PLACEHOLDER = "GRACE_USER_CONTENT_PLACEHOLDER"
+
+
+def system_prefix_length(tokenizer, system_prompt: str = SYSTEM_PROMPT) -> int:
+    """Number of tokens before the user content in a chat-templated prompt; 0 when it cannot be found.
+
+    The prompt [system, user=placeholder] is templated and tokenised without special tokens; the prefix is every
+    token before the placeholder (for ChatML: `<|im_start|>system\\n{prompt}<|im_end|>\\n<|im_start|>user\\n`).
+    Fast tokenizers locate it by character offsets; slow ones by the first occurrence of the placeholder's tokens
+    (the reference's method), which gives 0 when a merge across the boundary hides them.
+    """
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": _USER_PLACEHOLDER}]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = f"{system_prompt}\n\n{_USER_PLACEHOLDER}\n\nAssistant:"
+    if getattr(tokenizer, "is_fast", False):
+        # Exact: count the tokens that end before the placeholder's first character.
+        boundary = text.index(_USER_PLACEHOLDER)
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for _, token_end in offsets if token_end <= boundary)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    needle = tokenizer(_USER_PLACEHOLDER, add_special_tokens=False)["input_ids"]
+    for start in range(len(ids) - len(needle) + 1):
+        if ids[start : start + len(needle)] == needle:
+            return start
+    return 0
+
+
+def pool_hidden_states(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int = 0, normalize: bool = True
+) -> torch.Tensor:
+    """Masked mean of `hidden` [B, T, H] over valid tokens, skipping each row's first `prefix_len` valid tokens.
+
+    Works for any padding side (the skip counts valid tokens, not positions). Computed in float32 whatever
+    the input dtype; a row with no pooled token gives a zero vector, never NaN. Returns float32 [B, H].
+    """
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(f"expected hidden [B, T, H] and attention_mask [B, T], got {tuple(hidden.shape)} and "
+                         f"{tuple(attention_mask.shape)}")
+    if prefix_len < 0:
+        raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    valid = attention_mask.bool()
+    rank_among_valid = valid.long().cumsum(dim=1)  # 1 for the first valid token of each row
+    weights = (valid & (rank_among_valid > prefix_len)).to(torch.float32)
+    summed = torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1)
+    pooled = summed / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+    return pooled

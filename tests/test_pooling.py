@@ -1,0 +1,81 @@
+"""grace.pooling against a per-row, per-token float64 loop."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from grace.pooling import pool_hidden_states, system_prefix_length
+from grace.prompts import SYSTEM_PROMPT, chat_messages
+
+
+def oracle_pool(hidden, mask, prefix_len, normalize):
+    rows = []
+    for h_row, m_row in zip(hidden.to(torch.float64).tolist(), mask.tolist()):
+        seen, total, count = 0, [0.0] * len(h_row[0]), 0
+        for h_tok, valid in zip(h_row, m_row):
+            if not valid:
+                continue
+            seen += 1
+            if seen <= prefix_len:
+                continue
+            total = [a + b for a, b in zip(total, h_tok)]
+            count += 1
+        mean = [a / count for a in total] if count else total
+        norm = sum(a * a for a in mean) ** 0.5
+        rows.append([a / norm for a in mean] if normalize and norm > 0 else mean)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def random_masks(batch, length, generator):
+    """Left-padded prompts followed by right-padded responses, like verl's prompt+response sequences."""
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for row in range(batch):
+        prompt = int(torch.randint(0, length // 2 + 1, (1,), generator=generator))
+        response = int(torch.randint(0, length // 2 + 1, (1,), generator=generator))
+        mask[row, length // 2 - prompt : length // 2 + response] = 1
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("prefix_len", [0, 3, 40])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("shape", [(1, 6, 3), (7, 20, 16), (16, 64, 32)])
+def test_pooling_equals_loop(dtype, prefix_len, normalize, shape):
+    g = torch.Generator().manual_seed(sum(shape) + prefix_len)
+    hidden = (torch.randn(*shape, generator=g) * 3).to(dtype)
+    mask = random_masks(shape[0], shape[1], g)
+    got = pool_hidden_states(hidden, mask, prefix_len=prefix_len, normalize=normalize)
+    assert got.dtype == torch.float32 and got.shape == (shape[0], shape[2])
+    torch.testing.assert_close(got.double(), oracle_pool(hidden, mask, prefix_len, normalize), rtol=1e-5, atol=1e-5)
+
+
+def test_row_without_pooled_tokens_is_zero_not_nan():
+    hidden = torch.randn(3, 5, 4)
+    mask = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    got = pool_hidden_states(hidden, mask, prefix_len=3)
+    assert torch.equal(got[0], torch.zeros(4)) and torch.equal(got[1], torch.zeros(4))
+    assert torch.isfinite(got).all() and abs(got[2].norm().item() - 1) < 1e-6
+
+
+def test_bad_shapes_are_errors():
+    with pytest.raises(ValueError, match="expected hidden"):
+        pool_hidden_states(torch.randn(2, 5, 4), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="prefix_len"):
+        pool_hidden_states(torch.randn(2, 5, 4), torch.ones(2, 5), prefix_len=-1)
+
+
+def test_system_prefix_is_everything_before_the_user_text(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    prefix = system_prefix_length(tokenizer)
+    text = "Marie Curie discovered polonium."
+    ids = tokenizer.apply_chat_template(chat_messages(text), add_generation_prompt=True)
+    assert tokenizer.decode(ids[:prefix]) == f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+    assert tokenizer.decode(ids[prefix:]).startswith(text)
+
+
+def test_system_prefix_without_chat_template_uses_plain_layout(tiny_model_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tokenizer.chat_template = None
+    prefix = system_prefix_length(tokenizer, "Summarise.")
+    ids = tokenizer("Summarise.\n\nSome user text", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids[:prefix]) == "Summarise.\n\n"
