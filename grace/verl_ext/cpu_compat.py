@@ -62,6 +62,8 @@ def _add_memory_shims_to_torch_cpu() -> None:
         "manual_seed_all": lambda seed, *a, **k: torch.manual_seed(seed),
         "get_rng_state": lambda *a, **k: torch.get_rng_state(),
         "set_rng_state": lambda state, *a, **k: torch.set_rng_state(state),
+        # The MFU metric looks up peak FLOP/s by device name; an unknown name gives infinity (MFU 0).
+        "get_device_name": lambda *a, **k: "cpu",
     }
     for name, shim in shims.items():
         if not hasattr(torch.cpu, name):

@@ -1,0 +1,177 @@
+"""The `hidden` reward manager: GRACE's contrastive reward on pooled hidden states of the current policy.
+
+Selected with `reward_model.reward_manager=hidden`; its settings come from `+reward_model.reward_kwargs.*`
+with the reference's names and defaults (temperature 0.7 when omitted; train.sh passes 0.1). Per call:
+
+1. group the rollouts: verl's `uid` (the GRPO groups); validation batches carry none, so rows with the same
+   main prompt form a group there;
+2. one rationale per group for the query and, in supervised mode, the negative document (unsupervised: a second
+   rollout of the main prompt, the anchor), sampled by the actor workers at `rationale_temperature` (0.5);
+3. one embedding pass on the workers over the rollouts and those rationales (system prefix excluded);
+4. `grace.reward.contrastive_rewards`, then the length penalty, placed on the last valid response token.
+
+It needs the actor worker group (`attach_worker_group`, done by `GraceRayPPOTrainer.init_workers`), so it cannot
+run in verl's async reward task. It never hides a failure: verl 0.4.1 catches reward exceptions and calls the
+manager again without `return_dict`; that second call re-raises the first error, which stops training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from verl import DataProto
+from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
+from verl.workers.reward_manager import register
+
+from grace.pooling import system_prefix_length
+from grace.prompts import SYSTEM_PROMPT
+from grace.reward import apply_length_penalty, contrastive_rewards
+from grace.verl_ext.worker import REWARD_METRIC_PREFIX
+
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+class RewardComputationError(RuntimeError):
+    """The GRACE reward failed earlier in this step; verl's silent retry is refused."""
+
+
+def group_ids_of(data: DataProto) -> torch.Tensor:
+    """[B] int64 group ids: from verl's `uid`, or from identical main prompts when there is none."""
+    if "uid" in data.non_tensor_batch:
+        _, ids = np.unique(data.non_tensor_batch["uid"].astype(str), return_inverse=True)
+        return torch.from_numpy(ids.astype(np.int64))
+    _, ids = torch.unique(data.batch["prompts"], dim=0, return_inverse=True)
+    return ids
+
+
+def _right_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+
+@register("hidden")
+class HiddenRewardManager:
+    def __init__(
+        self,
+        tokenizer,
+        num_examine: int = 0,
+        compute_score=None,
+        reward_fn_key: str = "data_source",
+        temperature: float = 0.7,
+        with_scale: bool = True,
+        clustering_weight: float = 0.2,
+        cross_group_weight: float = 0.2,
+        enable_clustering: bool = True,
+        exclude_system_prompt: bool = True,
+        custom_prompt: str | None = None,
+        enable_length_penalty: bool = True,
+        variant: str = "reference",
+        rationale_temperature: float = 0.5,
+        eos_token_ids=None,
+    ):
+        del compute_score, reward_fn_key  # accepted for verl's loader; the reward is not per-sample
+        self.tokenizer = tokenizer
+        self.num_examine = num_examine
+        self.reward_settings = dict(temperature=temperature, with_scale=with_scale, variant=variant,
+                                    clustering_weight=clustering_weight, cross_group_weight=cross_group_weight,
+                                    enable_clustering=enable_clustering)
+        self.enable_length_penalty = enable_length_penalty
+        self.rationale_temperature = rationale_temperature
+        eos = eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id
+        self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        system_prompt = custom_prompt or SYSTEM_PROMPT
+        self.prefix_len = system_prefix_length(tokenizer, system_prompt) if exclude_system_prompt else 0
+        self.worker_group = None
+        self._failure: BaseException | None = None
+
+    def attach_worker_group(self, worker_group) -> None:
+        """The actor/rollout worker group that generates rationales and computes embeddings."""
+        self.worker_group = worker_group
+
+    def __call__(self, data: DataProto, return_dict: bool = False):
+        if self._failure is not None:
+            raise RewardComputationError("the GRACE reward failed on this batch; see the error above") \
+                from self._failure
+        try:
+            reward_tensor, extra_info = self._compute(data)
+        except BaseException as error:
+            self._failure = error
+            raise
+        if return_dict:
+            return {"reward_tensor": reward_tensor, "reward_extra_info": extra_info}
+        return reward_tensor
+
+    # ------------------------------------------------------------------ worker calls, padded to the world size
+    def _call_workers(self, method: str, data: DataProto) -> DataProto:
+        if self.worker_group is None:
+            raise RuntimeError("the hidden reward manager has no worker group: it must be built by grace.train "
+                               "(GraceRayPPOTrainer), and reward_model.launch_reward_fn_async must stay False")
+        padded, pad_size = pad_dataproto_to_divisor(data, self.worker_group.world_size)
+        return unpad_dataproto(getattr(self.worker_group, method)(padded), pad_size)
+
+    def _generate_rationales(self, prompts: dict[str, torch.Tensor]) -> DataProto:
+        request = DataProto.from_dict(tensors=prompts, meta_info={"temperature": self.rationale_temperature})
+        return self._call_workers("generate_rationales", request)
+
+    def _embed(self, streams: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        width = max(s["input_ids"].shape[1] for s in streams)
+        pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "position_ids": 0}
+        tensors = {key: torch.cat([_right_pad(s[key], width, pad_values[key]) for s in streams])
+                   for key in SEQUENCE_KEYS}
+        request = DataProto.from_dict(tensors=tensors, meta_info={"prefix_len": self.prefix_len})
+        return self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
+
+    # ------------------------------------------------------------------ the reward
+    def _compute(self, data: DataProto):
+        batch = data.batch
+        if "rm_scores" in batch.keys():
+            return batch["rm_scores"], {}
+        responses = batch["responses"]
+        size, response_width = responses.shape
+        response_lengths = batch["attention_mask"][:, -response_width:].sum(dim=-1)
+        group_ids = group_ids_of(data)
+        _, first_rows, group_of_row = np.unique(group_ids.numpy(), return_index=True, return_inverse=True)
+        first_rows = torch.from_numpy(first_rows)
+        group_of_row = torch.from_numpy(group_of_row.reshape(-1))
+        supervised = "negative_doc_input_ids" in batch.keys()
+        mode = "supervised" if supervised else "unsupervised"
+
+        if supervised:
+            documents = [{key: batch[f"{prefix}_{key}"][first_rows] for key in SEQUENCE_KEYS}
+                         for prefix in ("query", "negative_doc")]
+        else:  # the anchor: another rollout of the main prompt
+            prompt_width = batch["prompts"].shape[1]
+            documents = [{"input_ids": batch["prompts"][first_rows],
+                          "attention_mask": batch["attention_mask"][first_rows, :prompt_width],
+                          "position_ids": batch["position_ids"][first_rows, :prompt_width]}]
+        stacked = {key: torch.cat([d[key] for d in documents]) for key in SEQUENCE_KEYS}
+        rationales = self._generate_rationales(stacked).batch
+        groups = len(first_rows)
+        embeddings = self._embed([{key: batch[key] for key in SEQUENCE_KEYS},
+                                  {key: rationales[key] for key in SEQUENCE_KEYS}])
+        main = embeddings[:size]
+        query = embeddings[size : size + groups][group_of_row]
+        negative = embeddings[size + groups :][group_of_row] if supervised else None
+
+        parts = contrastive_rewards(main, query, negative, group_ids, mode=mode, **self.reward_settings)
+        total = parts["total"]
+        if self.enable_length_penalty:
+            last_tokens = responses.gather(1, (response_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+            total = apply_length_penalty(total, response_lengths, last_tokens, response_width, self.eos_token_ids)
+        reward_tensor = torch.zeros(size, response_width, dtype=torch.float32)
+        # The reference's placement: the last valid response token (index -1 for an empty response).
+        reward_tensor[torch.arange(size), response_lengths - 1] = total.float()
+
+        extra_info = {f"{REWARD_METRIC_PREFIX}{name}": value.tolist() for name, value in parts.items()}
+        extra_info[f"{REWARD_METRIC_PREFIX}length_penalized"] = (total != parts["total"]).float().tolist()
+        self._print_examples(data, rationales, first_rows, group_of_row, parts, total)
+        return reward_tensor, extra_info
+
+    def _print_examples(self, data, rationales, first_rows, group_of_row, parts, total):
+        """Decode and print `num_examine` rows (only those rows are decoded)."""
+        for row in range(min(self.num_examine, len(total))):
+            decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+            group = int(group_of_row[row])
+            print(f"[grace reward] row {row}: rollout: {decode(data.batch['responses'][row])!r}")
+            print(f"[grace reward] query/anchor rationale: {decode(rationales['responses'][group])!r}")
+            print("[grace reward] " + ", ".join(f"{k}={v[row].item():.4f}" for k, v in parts.items())
+                  + f", final={total[row].item():.4f}")
