@@ -1,0 +1,165 @@
+"""The `hidden` reward manager on real dataset rows, with the worker methods run in this process."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from verl import DataProto
+from verl.trainer.ppo.reward import compute_reward
+from verl.utils.dataset.rl_dataset import collate_fn
+from verl.utils.torch_functional import get_response_mask
+
+from grace.embedding import embed_sequences, position_ids_from_mask
+from grace.pooling import system_prefix_length
+from grace.reward import contrastive_rewards
+from grace.verl_ext.dataset import GraceRLDataset
+from grace.verl_ext.reward_manager import HiddenRewardManager
+from grace.verl_ext.worker import pooled_embeddings_in_token_budget
+from tests.training import write_tiny_dataset
+
+RESPONSE = 8
+
+
+class InProcessWorkers:
+    """Stands in for the actor worker group: same method names, run on a plain HF model."""
+
+    world_size = 2  # odd batches must be padded to it
+
+    def __init__(self, model, eos_id, seed=0):
+        self.model, self.eos_id = model, eos_id
+        self.generator = torch.Generator().manual_seed(seed)
+        self.generated_rows = []
+        self.fail_with = None
+
+    def append_response(self, prompt_ids, prompt_mask, prompt_pos):
+        response = torch.randint(3, 100, (len(prompt_ids), RESPONSE), generator=self.generator)
+        response[::2, 4] = self.eos_id  # half of them stop early
+        mask = torch.cat([prompt_mask, get_response_mask(response, self.eos_id, prompt_mask.dtype)], dim=1)
+        positions = torch.cat([prompt_pos, prompt_pos[:, -1:] + torch.arange(1, RESPONSE + 1)], dim=1)
+        return {"prompts": prompt_ids, "responses": response, "input_ids": torch.cat([prompt_ids, response], 1),
+                "attention_mask": mask, "position_ids": positions}
+
+    def generate_rationales(self, data):
+        assert len(data) % self.world_size == 0
+        self.generated_rows.append(len(data))
+        b = data.batch
+        return DataProto.from_dict(self.append_response(b["input_ids"], b["attention_mask"], b["position_ids"]))
+
+    def compute_pooled_embeddings(self, data):
+        assert len(data) % self.world_size == 0
+        if self.fail_with is not None:
+            raise self.fail_with
+        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, data.meta_info["prefix_len"], 4096)
+        return DataProto.from_dict({"embeddings": embeddings})
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_path, tmp_path_factory):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    data = write_tiny_dataset(tmp_path_factory.mktemp("rm_data"), "supervised", train_rows=3, test_rows=1)
+    config = OmegaConf.create({"max_prompt_length": 256, "truncation": "error", "filter_overlong_prompts": False,
+                               "cache_dir": str(tmp_path_factory.mktemp("cache"))})
+    dataset = GraceRLDataset(str(data / "train.parquet"), tokenizer, config)
+    return tokenizer, model, dataset
+
+
+def rollout_batch(dataset, workers, n=2, with_uid=True):
+    """What verl's fit() hands the reward function: rows repeated n times, rollouts joined, order shuffled."""
+    batch = DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(dataset))]))
+    if with_uid:
+        batch.non_tensor_batch["uid"] = np.array([f"uid-{i}" for i in range(len(batch))], dtype=object)
+    prompt = batch.pop(batch_keys=["input_ids", "attention_mask", "position_ids"])
+    batch = batch.repeat(n, interleave=True)
+    b = prompt.repeat(n, interleave=True).batch
+    batch = batch.union(DataProto.from_dict(workers.append_response(b["input_ids"], b["attention_mask"],
+                                                                    b["position_ids"])))
+    return batch[torch.randperm(len(batch), generator=torch.Generator().manual_seed(1))]  # verl balances batches
+
+
+def manager_for(tokenizer, workers, **kwargs):
+    manager = HiddenRewardManager(tokenizer, temperature=0.1, eos_token_ids=[workers.eos_id], **kwargs)
+    manager.attach_worker_group(workers)
+    return manager
+
+
+def test_reward_matches_embeddings_computed_directly(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers)
+    result = manager_for(tokenizer, workers)(batch, return_dict=True)
+
+    groups = len(dataset)
+    assert workers.generated_rows == [2 * groups]  # one query + one negative rationale per prompt, padded to 2
+    rewards = result["reward_tensor"]
+    lengths = batch.batch["attention_mask"][:, -RESPONSE:].sum(-1)
+    assert torch.count_nonzero(rewards) == len(batch)
+    placed = rewards[torch.arange(len(batch)), lengths - 1]
+
+    # Independent recomputation: the documents' rationales are the manager's; embed them here directly.
+    prefix = system_prefix_length(tokenizer)
+    b = batch.batch
+    main = embed_sequences(model, b["input_ids"], b["attention_mask"], b["position_ids"], prefix)
+    _, ids = np.unique(batch.non_tensor_batch["uid"].astype(str), return_inverse=True)
+    extra = result["reward_extra_info"]
+    assert set(extra) == {"grace/total", "grace/positive", "grace/negative", "grace/clustering",
+                          "grace/cross_group", "grace/length_penalized"}
+    expected = contrastive_rewards(main, main, main, torch.from_numpy(ids), mode="supervised", temperature=0.1)
+    # The clustering term uses only the rollouts, so it can be checked without the documents' random rationales.
+    torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
+    truncated = (lengths == RESPONSE) & (b["responses"][:, -1] != workers.eos_id)
+    assert torch.equal(placed[truncated], torch.full_like(placed[truncated], -1.0))
+    torch.testing.assert_close(placed[~truncated], torch.tensor(extra["grace/total"])[~truncated])
+    assert extra["grace/length_penalized"] == truncated.float().tolist()
+
+
+def test_query_terms_are_constant_within_a_group(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers, n=3)
+    extra = manager_for(tokenizer, workers)(batch, return_dict=True)["reward_extra_info"]
+    uid = batch.non_tensor_batch["uid"]
+    for group in set(uid):
+        rows = np.flatnonzero(uid == group)
+        assert len({round(extra["grace/negative"][r], 5) for r in rows}) == 1
+
+
+def test_validation_batch_without_uid_groups_by_prompt(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers, n=2, with_uid=False)
+    manager_for(tokenizer, workers)(batch, return_dict=True)
+    assert workers.generated_rows == [2 * len(dataset)]
+
+
+def test_failure_stops_training_with_the_original_error(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers)
+    workers.fail_with = MemoryError("out of memory in the embedding pass")
+    manager = manager_for(tokenizer, workers)
+    # verl's compute_reward catches the error and retries without return_dict; the retry must not return zeros.
+    with pytest.raises(Exception) as raised:
+        compute_reward(batch, manager)
+    chain = [raised.value, raised.value.__cause__, raised.value.__context__]
+    assert any(isinstance(e, MemoryError) and "embedding pass" in str(e) for e in chain)
+
+
+def test_unattached_manager_explains_itself(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    manager = HiddenRewardManager(tokenizer)
+    with pytest.raises(RuntimeError, match="no worker group"):
+        manager(rollout_batch(dataset, workers), return_dict=True)
+
+
+def test_dataset_builds_intact_query_and_negative_prompts(setup):
+    tokenizer, _, dataset = setup
+    row = dataset[0]
+    for prefix, field in (("query", "query"), ("negative_doc", "negative_document")):
+        ids = row[f"{prefix}_input_ids"][row[f"{prefix}_attention_mask"].bool()]
+        text = tokenizer.decode(ids)
+        assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert row["multi_input"][field] in text
+        torch.testing.assert_close(row[f"{prefix}_position_ids"], position_ids_from_mask(row[f"{prefix}_attention_mask"]))

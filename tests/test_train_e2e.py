@@ -1,0 +1,85 @@
+"""GRACE training through verl 0.4.1 on the CPU: tiny model, real Wikipedia text, the `hidden` reward."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grace.train import run_grace
+from tests.training import compose_config, read_metrics, tiny_overrides, unchanged_parameters, write_tiny_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+GRACE_OVERRIDES = [
+    "reward_model.reward_manager=hidden",
+    "+reward_model.reward_kwargs.temperature=0.1",
+    # The random tiny model never emits EOS, so the length penalty would give every rollout -1 (no signal).
+    "+reward_model.reward_kwargs.enable_length_penalty=False",
+    "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0",  # as the reference
+]
+
+
+def user_texts(rollout_file: Path) -> set[str]:
+    with open(rollout_file, encoding="utf-8") as f:
+        return {json.loads(line)["input"].split("\nuser\n", 1)[1].rsplit("\nassistant", 1)[0] for line in f}
+
+
+def components(mode):
+    names = ["total", "positive", "clustering", "cross_group", "length_penalized"]
+    return {f"grace/{n}" for n in names + (["negative"] if mode == "supervised" else [])}
+
+
+def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=12)
+    run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=2) + GRACE_OVERRIDES
+                             + ["+data.train_mode=supervised"]))
+
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for step in metrics:
+        assert components("supervised") <= set(step)
+        assert all(math.isfinite(step[name]) for name in components("supervised"))
+        assert "timing_s/ref" not in step  # kl_loss_coef=0: no reference policy
+    assert any(m["actor/grad_norm"] > 0 for m in metrics)
+    actor = tmp_path / "checkpoints/global_step_2/actor"
+    assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()
+    assert unchanged_parameters(tiny_model_path, actor) == []
+
+    # Resume: the next run continues at step 3 with the rows that steps 1 and 2 did not use.
+    run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=3) + GRACE_OVERRIDES
+                             + ["trainer.resume_mode=auto"]))
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3]
+    rollouts = tmp_path / "rollouts"
+    seen = user_texts(rollouts / "1.jsonl") | user_texts(rollouts / "2.jsonl")
+    third = user_texts(rollouts / "3.jsonl")
+    assert len(seen) == 8 and len(third) == 4 and not seen & third
+
+
+def test_unsupervised_training(tiny_model_path, tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", "unsupervised", train_rows=8)
+    run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=2) + GRACE_OVERRIDES
+                             + ["+data.train_mode=unsupervised", "trainer.test_freq=2"]))
+    metrics = read_metrics(tmp_path)
+    for step in metrics:
+        assert components("unsupervised") <= set(step) and "grace/negative" not in step
+        assert all(math.isfinite(step[name]) for name in components("unsupervised"))
+    assert "val-aux/unsupervised/grace/positive/mean@1" in metrics[-1]  # validation uses the same reward
+    assert unchanged_parameters(tiny_model_path, tmp_path / "checkpoints/global_step_2/actor") == []
+
+
+@pytest.mark.parametrize("script, mode", [("train.sh", "supervised"), ("train_unsupervised.sh", "unsupervised")])
+def test_reference_train_sh_overrides_are_accepted(script, mode):
+    """Hydra composes the reference's full override list (GPU settings included) and starts nothing."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / script), "--cfg", "job"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for line in ["reward_manager: hidden", f"train_mode: {mode}", "n_gpus_per_node: 4", "temperature: 0.1",
+                 "cross_group_weight: 0.2", "train_batch_size: 64", "max_response_length: 2048", "lr: 1.0e-06"]:
+        assert line in done.stdout
+    assert f"data/{mode}_filtered_overlong/train.parquet" in done.stdout
