@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from grace.train import run_grace
-from tests.training import compose_config, read_metrics, tiny_overrides, unchanged_parameters, write_tiny_dataset
+from tests.training import (checkpoint_weights, compose_config, read_metrics, tiny_overrides, unchanged_parameters,
+                            write_tiny_dataset)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,28 @@ GRACE_OVERRIDES = [
 def user_texts(rollout_file: Path) -> set[str]:
     with open(rollout_file, encoding="utf-8") as f:
         return {json.loads(line)["input"].split("\nuser\n", 1)[1].rsplit("\nassistant", 1)[0] for line in f}
+
+
+def check_merged_checkpoint(model_path: Path, checkpoint_root: Path, target: Path):
+    """scripts/merge_model.py on the checkpoint root: the merged folder loads with transformers and gives the
+    logits of the trained weights (as saved by the merger, in bf16)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/merge_model.py"), "merge", "--backend", "fsdp",
+                           "--local_dir", str(checkpoint_root), "--target_dir", str(target)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"merged {checkpoint_root}/global_step_2/actor" in done.stdout
+    merged = AutoModelForCausalLM.from_pretrained(target, torch_dtype=torch.float32)
+    trained = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
+    weights = checkpoint_weights(checkpoint_root / "global_step_2/actor")
+    trained.load_state_dict({k: v.bfloat16().float() for k, v in weights.items()}, strict=False)
+    trained.tie_weights()
+    ids = AutoTokenizer.from_pretrained(target)("Paris is the capital of France.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, trained(ids).logits, rtol=0, atol=0)
+    assert merged.generation_config.eos_token_id == trained.generation_config.eos_token_id
 
 
 def components(mode):
@@ -49,6 +72,7 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     actor = tmp_path / "checkpoints/global_step_2/actor"
     assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()
     assert unchanged_parameters(tiny_model_path, actor) == []
+    check_merged_checkpoint(tiny_model_path, tmp_path / "checkpoints", tmp_path / "merged")
 
     # Resume: the next run continues at step 3 with the rows that steps 1 and 2 did not use.
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=3) + GRACE_OVERRIDES
