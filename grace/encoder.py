@@ -111,8 +111,10 @@ def vllm_available() -> bool:
 
 
 class GraceEncoder:
-    def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, generator=None):
+    def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, generator=None,
+                 rationale_cache=None):
         self.model = model.eval()
+        self.rationale_cache = rationale_cache  # optional: get_many(texts) / put_many({text: token ids})
         self.tokenizer = tokenizer
         self.settings = settings or EncoderSettings()
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -165,6 +167,16 @@ class GraceEncoder:
             rationales.extend(generated)
         return rationales
 
+    def _rationales(self, texts: list[str], prompts: list[list[int]], batch_size: int, show_progress_bar: bool):
+        """Rationale ids of each text: from the cache when present, generated (and cached) otherwise."""
+        known = self.rationale_cache.get_many(texts) if self.rationale_cache is not None else {}
+        missing = [i for i, text in enumerate(texts) if text not in known]
+        generated = self.generate_rationale_ids([prompts[i] for i in missing], batch_size, show_progress_bar)
+        new = {texts[i]: ids for i, ids in zip(missing, generated)}
+        if self.rationale_cache is not None and new:
+            self.rationale_cache.put_many(new)
+        return [known[text] if text in known else new[text] for text in texts]
+
     @torch.no_grad()
     def embed_token_sequences(self, sequences: list[list[int]], batch_size: int = 8,
                               show_progress_bar: bool = False) -> np.ndarray:
@@ -196,7 +208,7 @@ class GraceEncoder:
             show_progress_bar = len(texts) > 4 * batch_size
         unique = list(dict.fromkeys(texts))  # identical texts are generated and embedded once
         prompts = [self.prompt_ids(text) for text in unique]
-        rationale_ids = (self.generate_rationale_ids(prompts, batch_size, show_progress_bar) if rationale
+        rationale_ids = (self._rationales(unique, prompts, batch_size, show_progress_bar) if rationale
                          else [[] for _ in prompts])
         embeddings = self.embed_token_sequences([p + r for p, r in zip(prompts, rationale_ids)], batch_size,
                                                 show_progress_bar)

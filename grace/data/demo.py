@@ -5,7 +5,8 @@
 writes `echo_demo.jsonl` (the reference's Echo format: query, positive, negative, source) and
 `wiki_demo.txt` (its wiki1m format: one sentence per line). A triple is: the article's description (its title
 when the description is empty) as query, its extract as positive, and the extract of another article of the same
-topic as hard negative. Sentences are the extracts split at sentence ends (a simple rule, not a full sentence
+topic as hard negative; articles held out for evaluation (`split_articles`) are left out. Sentences are the
+extracts split at sentence ends (a simple rule, not a full sentence
 splitter). Deterministic for a given --seed.
 """
 
@@ -20,6 +21,13 @@ from pathlib import Path
 from grace.data.assets import load_wiki_articles
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+EVALUATION_STRIDE = 50  # every 50th packaged article (by file position) is held out for the local evaluation tasks
+
+
+def split_articles(articles: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(training articles, held-out evaluation articles): the evaluation tasks never see training text."""
+    held_out = [a for i, a in enumerate(articles) if i % EVALUATION_STRIDE == 0]
+    return [a for i, a in enumerate(articles) if i % EVALUATION_STRIDE], held_out
 
 
 def wiki_triples(articles: list[dict], seed: int = 0) -> list[dict]:
@@ -61,7 +69,7 @@ def main(argv=None):
     parser.add_argument("--max_sentences", type=int, default=None, help="keep only the first N sentences")
     args = parser.parse_args(argv)
 
-    articles = load_wiki_articles()
+    articles, _ = split_articles(load_wiki_articles())
     triples = wiki_triples(articles, seed=args.seed)[: args.max_triples]
     sentences = wiki_sentences(articles)[: args.max_sentences]
     args.out.mkdir(parents=True, exist_ok=True)
