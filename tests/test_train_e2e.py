@@ -52,6 +52,20 @@ def check_merged_checkpoint(model_path: Path, checkpoint_root: Path, target: Pat
     assert merged.generation_config.eos_token_id == trained.generation_config.eos_token_id
 
 
+def check_eval_sh(model_path: Path, checkpoint_root: Path, out: Path):
+    """eval.sh merges the latest checkpoint, evaluates once and writes a per-task timing log."""
+    env = dict(os.environ, PYTHON=sys.executable, CHECKPOINT_DIR=str(checkpoint_root), BASE_MODEL=str(model_path),
+               MERGED_DIR=str(out / "merged"), OUTPUT_DIR=str(out / "results"), TASKS="LeeSTS WikiDescriptionRetrieval",
+               THINKING_MAX_LENGTH="4", BATCH_SIZE="4", EVAL_ARGS="--local_size 6")
+    done = subprocess.run(["bash", str(ROOT / "eval.sh")], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = next((out / "results").glob("timing_results_*.txt")).read_text()
+    assert "Task Timing Report" in log and "model: GRACE/GRACE-1.5B" in log
+    assert [line.split()[0] for line in log.splitlines()[4:]] == ["LeeSTS", "WikiDescriptionRetrieval"]
+    assert (out / "merged/model.safetensors").exists()
+
+
 def components(mode):
     names = ["total", "positive", "clustering", "cross_group", "length_penalized"]
     return {f"grace/{n}" for n in names + (["negative"] if mode == "supervised" else [])}
@@ -73,6 +87,7 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()
     assert unchanged_parameters(tiny_model_path, actor) == []
     check_merged_checkpoint(tiny_model_path, tmp_path / "checkpoints", tmp_path / "merged")
+    check_eval_sh(tiny_model_path, tmp_path / "checkpoints", tmp_path / "eval")
 
     # Resume: the next run continues at step 3 with the rows that steps 1 and 2 did not use.
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=3) + GRACE_OVERRIDES

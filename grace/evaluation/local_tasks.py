@@ -3,13 +3,16 @@
 - LeeSTS: the 50 Lee news documents, all 1,225 pairs scored against their mean human similarity (0-1).
 - WikiDescriptionRetrieval: the short description of a held-out Wikipedia article as query, the extracts of the
   held-out articles as corpus (one relevant document per query).
-- WikiTopicClustering: extracts of held-out articles, clustered by their topic (11 topics, "Uncategorized" left out).
+- WikiTopicClustering: extracts of held-out articles, clustered by their topic (11 topics, "Uncategorized" left out,
+  taken round-robin over topics).
 
 Held-out articles are those that `grace.data.demo` keeps out of training data. Sizes are class attributes, so
 a quick run can shrink them (`local_tasks(size=...)`).
 """
 
 from __future__ import annotations
+
+from itertools import zip_longest
 
 from datasets import Dataset
 from mteb.abstasks.clustering import AbsTaskClustering
@@ -88,8 +91,13 @@ class WikiTopicClustering(AbsTaskClustering):
     def load_data(self, **kwargs) -> None:
         if self.data_loaded:
             return
-        articles = [a for a in held_out_articles() if a.get("topic") not in (None, "", "Uncategorized")]
-        articles = articles[: self.documents]
+        by_topic: dict[str, list[dict]] = {}
+        for article in held_out_articles():
+            if article.get("topic") not in (None, "", "Uncategorized"):
+                by_topic.setdefault(article["topic"], []).append(article)
+        # The file is grouped by topic: take the articles round-robin over topics so any size mixes them.
+        rounds = zip_longest(*(by_topic[t] for t in sorted(by_topic)))
+        articles = [a for round_ in rounds for a in round_ if a is not None][: self.documents]
         self.dataset = {"default": {"test": Dataset.from_dict({
             "sentences": [a["extract"].strip() for a in articles], "labels": [a["topic"] for a in articles]})}}
         self.data_loaded = True

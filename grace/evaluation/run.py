@@ -66,7 +66,8 @@ def resolve_tasks(names: list[str] | None = None, benchmark: str | None = None, 
     if remote:
         tasks += list(mteb.get_tasks(tasks=remote, languages=list(languages) if languages else None,
                                      exclusive_language_filter=bool(languages)))
-    tasks += local_tasks(local, size=local_size)
+    if local:
+        tasks += local_tasks(local, size=local_size)
     if not tasks:
         raise ValueError("no task selected: pass --tasks or --benchmark")
     return tasks

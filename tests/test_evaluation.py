@@ -1,0 +1,139 @@
+"""Evaluation: task selection, local tasks scored as mteb scores them, eval_mteb.py, the rationale cache."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ModelMeta, ScoringFunction
+from scipy.stats import spearmanr
+
+import eval_mteb
+from grace.encoder import HFGenerator
+from grace.evaluation.local_tasks import LeeSTS, WikiDescriptionRetrieval, local_tasks
+from grace.evaluation.run import evaluate_tasks, resolve_tasks
+
+
+class FixedEncoder(AbsEncoder):
+    """A deterministic embedding per text (seeded by its characters): an encoder whose outputs we know."""
+
+    def __init__(self, dim=16):
+        self.dim = dim
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites=dict(
+            name="test/fixed", similarity_fn_name=ScoringFunction.COSINE, embed_dim=dim))
+
+    def vector(self, text):
+        return np.random.default_rng(sum((i + 1) * ord(c) for i, c in enumerate(text[:200])) % 2**32).normal(size=self.dim)
+
+    def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
+        return np.array([self.vector(t) for batch in inputs for t in batch["text"]], dtype=np.float32)
+
+
+def cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_local_scores_are_what_mteb_computes_for_the_same_embeddings():
+    model = FixedEncoder()
+    sts, retrieval = LeeSTS(), WikiDescriptionRetrieval()
+    retrieval.queries = 40
+    rows = {r["task"]: r for r in evaluate_tasks(model, [sts, retrieval], results_folder=None)}
+
+    sts, retrieval = LeeSTS(), WikiDescriptionRetrieval()  # mteb unloads a task's data after evaluating it
+    retrieval.queries = 40
+    sts.load_data()
+    retrieval.load_data()
+    data = sts.dataset["default"]["test"]
+    predicted = [cosine(model.vector(a), model.vector(b)) for a, b in zip(data["sentence1"], data["sentence2"])]
+    assert len(predicted) == 1225
+    assert rows["LeeSTS"]["score"] == pytest.approx(100 * spearmanr(predicted, data["score"]).statistic, abs=1e-3)
+
+    split = retrieval.dataset["default"]["test"]
+    docs = [model.vector(t) for t in split["corpus"]["text"]]
+    hits, ndcg = [], []
+    for position, query in enumerate(split["queries"]["text"]):
+        scores = [cosine(model.vector(query), d) for d in docs]
+        rank = 1 + sum(s > scores[position] for s in scores)  # the relevant document of query i is doc i
+        hits.append(rank == 1)
+        ndcg.append(1 / math.log2(rank + 1) if rank <= 10 else 0.0)
+    assert rows["WikiDescriptionRetrieval"]["hit_rate_at_1"] == pytest.approx(100 * np.mean(hits), abs=1e-3)
+    assert rows["WikiDescriptionRetrieval"]["score"] == pytest.approx(100 * np.mean(ndcg), abs=1e-3)
+
+
+def test_named_sets_and_language_filter():
+    eng = resolve_tasks(benchmark="MTEB(eng, v1)")
+    names = [t.metadata.name for t in eng]
+    assert len(names) == 56 and "StackExchangeClusteringP2P" in names
+    assert len(resolve_tasks(benchmark="subset")) == 9
+    assert len(resolve_tasks(benchmark="ablation16")) == 16
+    tasks = {t.metadata.name: t for t in resolve_tasks(["MassiveIntentClassification", "STS17", "MSMARCO"])}
+    assert tasks["MassiveIntentClassification"].hf_subsets == ["en"]
+    assert tasks["STS17"].hf_subsets == ["en-en"]
+    assert tasks["MSMARCO"].metadata.eval_splits == ["dev"]  # its own split, not a forced "test"
+    assert len(resolve_tasks(["MassiveIntentClassification"], languages=None)[0].hf_subsets) > 50
+    assert [t.metadata.name for t in resolve_tasks(["local"])] == ["LeeSTS", "WikiDescriptionRetrieval",
+                                                                    "WikiTopicClustering"]
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ValueError, match="unknown task.*NotATask"):
+        resolve_tasks(["STS16", "NotATask"])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        resolve_tasks(benchmark="MTEB(klingon)")
+
+
+@pytest.mark.slow
+def test_eval_mteb_on_local_tasks_caches_rationales(tiny_model_path, tmp_path, monkeypatch, capsys):
+    args = ["--model_path", str(tiny_model_path), "--tasks", "local", "--local_size", "12", "--thinking_max_length",
+            "6", "--output_dir", str(tmp_path / "run"), "--batch_size", "4", "--model_name", "tiny"]
+    assert eval_mteb.main(args) == 0
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert [r["task"] for r in summary["tasks"]] == ["LeeSTS", "WikiDescriptionRetrieval", "WikiTopicClustering"]
+    assert all(math.isfinite(r["score"]) and r["seconds"] > 0 for r in summary["tasks"])
+    assert set(summary["categories"]) == {"STS", "Retrieval", "Clustering"}
+    assert "mean_over_categories" in summary["average"] and "Avg column matches neither" in summary["averaging_rule"]
+    assert "| LeeSTS | STS | cosine_spearman |" in (tmp_path / "run/summary.md").read_text()
+    assert list((tmp_path / "run/mteb").rglob("LeeSTS.json"))
+
+    # A second run finds every rationale in the cache: generating anything now would fail.
+    def no_generation(*_args, **_kwargs):
+        raise AssertionError("a cached rationale was generated again")
+
+    monkeypatch.setattr(HFGenerator, "generate", no_generation)
+    again = args[:-6] + ["--output_dir", str(tmp_path / "again"), "--rationale_cache",
+                         str(tmp_path / "run/rationales.sqlite"), "--compare", str(tmp_path / "run/summary.json"),
+                         "--batch_size", "4", "--model_name", "tiny"]
+    assert eval_mteb.main(again) == 0
+    second = json.loads((tmp_path / "again/summary.json").read_text())
+    assert [r["score"] for r in second["tasks"]] == pytest.approx([r["score"] for r in summary["tasks"]], abs=1e-6)
+    assert "| GRACE/tiny | GRACE/tiny | difference |" in (tmp_path / "again/summary.md").read_text()
+
+
+def test_generation_failure_stops_the_evaluation(tiny_model_path, tmp_path, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(HFGenerator, "generate", broken)
+    with pytest.raises(RuntimeError, match="rationale generation failed.*CUDA out of memory"):
+        eval_mteb.main(["--model_path", str(tiny_model_path), "--tasks", "LeeSTS", "--local_size", "3",
+                        "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--model_path", "/no/such/model", "--tasks", "local"], 1, "model path does not exist"),
+    (["--model_path", "{model}", "--tasks", "NotATask"], 1, "unknown task"),
+    (["--model_path", "{model}", "--tasks", "local", "--pooling_method", "eos"], 2, "eos is not supported"),
+])
+def test_eval_mteb_errors(tiny_model_path, capsys, args, code, message):
+    assert eval_mteb.main([a.format(model=tiny_model_path) for a in args]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_local_task_sizes():
+    sts, retrieval, clustering = local_tasks(size=10)
+    for task in (sts, retrieval, clustering):
+        task.load_data()
+    assert len(sts.dataset["default"]["test"]) == 45  # 10 documents, every pair
+    assert len(retrieval.dataset["default"]["test"]["queries"]) == 10
+    assert len(set(clustering.dataset["default"]["test"]["labels"])) > 3
