@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.grace-installed
 
-.PHONY: install test
+.PHONY: install test demo
 
 install: $(STAMP)
 
@@ -22,3 +22,8 @@ $(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt requirements/ass
 test: install
 	$(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
+
+# The whole pipeline on the CPU with the packaged SmolLM2 and Wikipedia data; report in demo_out/.
+# More steps or a GPU: make demo DEMO_ARGS="--steps 40 --device cuda"
+demo: install
+	$(PY) -m grace.demo $(DEMO_ARGS)

@@ -36,6 +36,9 @@ def main(argv=None) -> int:
         return 1
     print(result.report.summary())
     print(f"wrote {result.train_rows} train and {result.test_rows} test rows to {args.local_dir}")
+    if result.test_rows == 0 and args.test_ratio > 0:
+        print(f"warning: the test split is empty (int({result.train_rows} * {args.test_ratio}) = 0); verl needs "
+              f"validation rows even when validation is off", file=sys.stderr)
     if args.hdfs_dir:
         copy_to_hdfs(args.local_dir, args.hdfs_dir)
         print(f"copied {args.local_dir} to {args.hdfs_dir}")

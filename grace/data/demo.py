@@ -30,8 +30,22 @@ def split_articles(articles: list[dict]) -> tuple[list[dict], list[dict]]:
     return [a for i, a in enumerate(articles) if i % EVALUATION_STRIDE], held_out
 
 
-def wiki_triples(articles: list[dict], seed: int = 0) -> list[dict]:
-    """One (query, positive, negative) triple per usable article, shuffled with `seed`."""
+def leading_sentences(text: str, max_chars: int | None) -> str:
+    """The first sentences of `text` that fit in `max_chars` (at least one sentence); all of it for None."""
+    text = " ".join(text.split())
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    kept = ""
+    for sentence in _SENTENCE_END.split(text):
+        if kept and len(kept) + 1 + len(sentence) > max_chars:
+            break
+        kept = f"{kept} {sentence}".strip()
+    return kept
+
+
+def wiki_triples(articles: list[dict], seed: int = 0, max_chars: int | None = None) -> list[dict]:
+    """One (query, positive, negative) triple per usable article, shuffled with `seed`; documents cut to their
+    first sentences within `max_chars`."""
     usable = [a for a in articles if a.get("extract", "").strip()]
     by_topic: dict[str, list[dict]] = {}
     for article in usable:
@@ -44,8 +58,8 @@ def wiki_triples(articles: list[dict], seed: int = 0) -> list[dict]:
             continue
         query = (article.get("description") or "").strip() or article["title"].strip()
         negative = rng.choice(peers)
-        triples.append({"query": query, "positive": article["extract"].strip(),
-                        "negative": negative["extract"].strip(), "source": "wiki_offline"})
+        triples.append({"query": query, "positive": leading_sentences(article["extract"], max_chars),
+                        "negative": leading_sentences(negative["extract"], max_chars), "source": "wiki_offline"})
     rng.shuffle(triples)
     return triples
 
@@ -67,10 +81,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for negatives and order")
     parser.add_argument("--max_triples", type=int, default=None, help="keep only the first N triples")
     parser.add_argument("--max_sentences", type=int, default=None, help="keep only the first N sentences")
+    parser.add_argument("--max_chars", type=int, default=None,
+                        help="cut positives and negatives to their first sentences within N characters")
     args = parser.parse_args(argv)
 
     articles, _ = split_articles(load_wiki_articles())
-    triples = wiki_triples(articles, seed=args.seed)[: args.max_triples]
+    triples = wiki_triples(articles, seed=args.seed, max_chars=args.max_chars)[: args.max_triples]
     sentences = wiki_sentences(articles)[: args.max_sentences]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "echo_demo.jsonl", "w", encoding="utf-8") as f:
