@@ -132,7 +132,7 @@ def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [m["step"] for m in metrics]
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = plt.subplots(figsize=(10, 4.5))
     for name in COMPONENTS:
         key = f"grace/{name}"
         if all(key in m for m in metrics):
@@ -147,7 +147,7 @@ def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
     axis.set_ylabel("reward component (batch mean, after 1/temperature)")
     axis.set_title("GRACE reward components during the demo run")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, ncol=3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -170,13 +170,17 @@ def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Pa
                  example_text: str, stage_seconds: dict[str, float]) -> Path:
     totals = [m["grace/total"] for m in metrics]
     slope, error = reward_trend(totals)
+    positive_slope, positive_error = reward_trend([m["grace/positive"] for m in metrics])
     lines = ["# GRACE demo report", "", "## Settings", "", "| setting | value |", "|---|---|"]
     for key in ("model", "steps", "prompts", "rollouts", "response_length", "lr", "norm_adv_by_std", "variant",
                 "train_triples", "max_chars", "eval_size", "rationale_length", "device"):
         lines.append(f"| {key} | {getattr(args, key)} |")
     lines += ["", "## Reward over the steps", "", "![reward curve](reward_curve.png)", "",
               f"Slope of the total reward: {slope:+.4f} per step (standard error {error:.4f}, {len(totals)} steps): "
-              f"{trend_verdict(slope, error)}.", "",
+              f"{trend_verdict(slope, error)}. The total includes the negative and cross-group terms, which are the "
+              f"same for every rollout of a prompt and change with each step's prompts; the positive term alone (query "
+              f"vs rollout, the part that moves the policy) has slope {positive_slope:+.4f} (standard error "
+              f"{positive_error:.4f}).", "",
               "| step | " + " | ".join(COMPONENTS) + " | grad norm | response length | step time (s) |",
               "|---|" + "---|" * (len(COMPONENTS) + 3)]
     for m in metrics:
@@ -194,6 +198,10 @@ def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Pa
         if "hit_rate_at_1" in row:
             lines.append(f"| {task} | accuracy@1 | "
                          + " | ".join(f"{scores[label][task]['hit_rate_at_1']:.2f}" for label in labels) + " |")
+    retrieval = {label: rows.get("WikiDescriptionRetrieval", {}).get("hit_rate_at_1") for label, rows in scores.items()}
+    if all(value is not None for value in retrieval.values()):
+        lines += ["", "Retrieval accuracy@1 on the held-out description -> extract pairs: "
+                  + "; ".join(f"{label}: {value:.0f}%" for label, value in retrieval.items()) + "."]
     lines += ["", "## The same text, before and after training", "", f"> {example_text}", ""]
     for label, rationale in examples.items():
         lines += [f"**{label}:**", "", "> " + (rationale.replace("\n", " ") or "(empty)"), ""]
