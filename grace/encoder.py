@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from grace.embedding import embed_sequences
 from grace.pooling import system_prefix_length
-from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids
+from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids, generation_eos_ids
 
 
 @dataclass
@@ -50,30 +50,39 @@ class EncoderSettings:
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return generation_eos_ids(getattr(model, "generation_config", None), tokenizer)
+
+
+def _pad_id(tokenizer, eos_ids: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask of token sequences, left-padded to the longest."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return input_ids, attention_mask
 
 
 class HFGenerator:
     """Batched, left-padded `generate`; returns each prompt's new tokens up to and including the first EOS."""
 
     def __init__(self, model, tokenizer, eos_ids: list[int]):
-        self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids
+        self.model, self.eos_ids = model, eos_ids
+        self.pad_id = _pad_id(tokenizer, eos_ids)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        width = max(len(p) for p in prompts)
-        device = self.model.device
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        input_ids, attention_mask = left_pad(prompts, self.pad_id, self.model.device)
+        width = input_ids.shape[1]
         sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0) \
             if settings.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                      max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids,
-                                     pad_token_id=pad, **sampling)
+                                     pad_token_id=self.pad_id, **sampling)
         return [_until_eos(row[width:].tolist(), self.eos_ids) for row in output]
 
 
@@ -114,13 +123,13 @@ class GraceEncoder:
     def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, generator=None,
                  rationale_cache=None):
         self.model = model.eval()
-        self.rationale_cache = rationale_cache  # optional: get_many(texts) / put_many({text: token ids})
         self.tokenizer = tokenizer
         self.settings = settings or EncoderSettings()
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = _pad_id(tokenizer, self.eos_ids)
         self.generator = generator or HFGenerator(model, tokenizer, self.eos_ids)
+        self.rationale_cache = rationale_cache  # optional: get_many(texts) / put_many({text: token ids})
         self.prefix_len = system_prefix_length(tokenizer, self.settings.system_prompt)
-        self.name_or_path = getattr(model, "name_or_path", "")
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, *, device: str | None = None, dtype: torch.dtype | None = None,
@@ -181,14 +190,9 @@ class GraceEncoder:
     def embed_token_sequences(self, sequences: list[list[int]], batch_size: int = 8,
                               show_progress_bar: bool = False) -> np.ndarray:
         """float32 [N, H] embeddings of full token sequences (prompt + rationale), left-padded per batch."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        device = self.model.device
         out = []
         for start in tqdm(range(0, len(sequences), batch_size), desc="embedding", disable=not show_progress_bar):
-            batch = sequences[start : start + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
+            ids, mask = left_pad(sequences[start : start + batch_size], self.pad_id, self.model.device)
             out.append(embed_sequences(self.model, ids, mask, prefix_len=self.prefix_len).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
 

@@ -14,6 +14,17 @@ def chat_messages(text: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict[st
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
 
 
+def token_id_list(ids) -> list[int]:
+    """An id or a sequence of ids (as generation configs store EOS) as a list."""
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+def generation_eos_ids(generation_config, tokenizer) -> list[int]:
+    """Every end-of-sequence id of the generation config (the tokenizer's when there is none)."""
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    return token_id_list(eos if eos is not None else tokenizer.eos_token_id)
+
+
 def chat_prompt_ids(tokenizer, text: str, max_length: int | None = None, system_prompt: str = SYSTEM_PROMPT) -> list[int]:
     """Token ids of the chat-templated prompt for `text`, generation header included, as verl tokenises it
     (template applied as a string, then tokenised without special tokens).

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grace.prompts import token_id_list
+
 MODES = ("supervised", "unsupervised")
 VARIANTS = ("reference", "infonce")
 
@@ -205,7 +207,6 @@ def apply_length_penalty(
     Every id in `eos_token_ids` (an int or a list: the generation config's) counts as EOS; the reference
     checked only the tokenizer's.
     """
-    eos = torch.as_tensor(eos_token_ids if isinstance(eos_token_ids, (list, tuple)) else [eos_token_ids],
-                          device=last_token_ids.device)
+    eos = torch.as_tensor(token_id_list(eos_token_ids), device=last_token_ids.device)
     truncated = (response_lengths == max_response_length) & ~torch.isin(last_token_ids, eos)
     return torch.where(truncated, torch.full_like(total, -1.0), total)

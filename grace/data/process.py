@@ -17,6 +17,7 @@ import json
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -144,19 +145,12 @@ def iter_samples(path: Path, mode: str, report: BadLineReport, strict: bool = Fa
 
 def _write_samples(samples: Iterator[tuple], mode: str, destination: Path, max_samples: int | None) -> int:
     schema = _SAMPLE_SCHEMAS[mode]
+    samples = islice(samples, max_samples)  # None: no cap
     count = 0
     with pq.ParquetWriter(destination, schema) as writer:
-        batch: list[tuple] = []
-        for sample in samples:
-            batch.append(sample)
-            count += 1
-            if len(batch) == BATCH_ROWS:
-                writer.write_table(pa.Table.from_arrays([pa.array(c) for c in zip(*batch)], schema=schema))
-                batch = []
-            if max_samples is not None and count >= max_samples:
-                break
-        if batch:
+        while batch := list(islice(samples, BATCH_ROWS)):
             writer.write_table(pa.Table.from_arrays([pa.array(c) for c in zip(*batch)], schema=schema))
+            count += len(batch)
     return count
 
 

@@ -24,7 +24,7 @@ from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.workers.reward_manager import register
 
 from grace.pooling import system_prefix_length
-from grace.prompts import SYSTEM_PROMPT
+from grace.prompts import SYSTEM_PROMPT, token_id_list
 from grace.reward import apply_length_penalty, contrastive_rewards
 from grace.verl_ext.worker import REWARD_METRIC_PREFIX
 
@@ -76,8 +76,7 @@ class HiddenRewardManager:
                                     enable_clustering=enable_clustering)
         self.enable_length_penalty = enable_length_penalty
         self.rationale_temperature = rationale_temperature
-        eos = eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id
-        self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.eos_token_ids = token_id_list(eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id)
         system_prompt = custom_prompt or SYSTEM_PROMPT
         self.prefix_len = system_prefix_length(tokenizer, system_prompt) if exclude_system_prompt else 0
         self.worker_group = None

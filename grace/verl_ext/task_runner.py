@@ -41,16 +41,6 @@ def check_supported(config: DictConfig) -> None:
                          "worker group; the hidden reward needs it (the reference silently trained on zeros)")
 
 
-def generation_eos_ids(model_path: str, tokenizer) -> list[int]:
-    from verl.utils.model import get_generation_config
-
-    generation_config = get_generation_config(model_path)
-    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 @ray.remote(num_cpus=1)
 class GraceTaskRunner:
     def run(self, config: DictConfig) -> None:
@@ -61,9 +51,11 @@ class GraceTaskRunner:
         from verl.utils import hf_processor, hf_tokenizer
         from verl.utils.dataset.rl_dataset import collate_fn
         from verl.utils.fs import copy_to_local
+        from verl.utils.model import get_generation_config
         from verl.workers.fsdp_workers import ActorRolloutRefWorker
 
         import grace.verl_ext.reward_manager  # noqa: F401  registers "hidden" in this process
+        from grace.prompts import generation_eos_ids
         from grace.verl_ext import cpu_compat, metrics_file
         from grace.verl_ext.dataset import GraceRLDataset
         from grace.verl_ext.trainer import GraceRayPPOTrainer
@@ -94,7 +86,7 @@ class GraceTaskRunner:
 
         reward_kwargs = dict(config.reward_model.get("reward_kwargs", {}))
         if config.reward_model.reward_manager == "hidden":
-            reward_kwargs.setdefault("eos_token_ids", generation_eos_ids(local_path, tokenizer))
+            reward_kwargs.setdefault("eos_token_ids", generation_eos_ids(get_generation_config(local_path), tokenizer))
         reward_fn = load_reward_manager(config, tokenizer, num_examine=0, **reward_kwargs)
         val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1, **reward_kwargs)
 
