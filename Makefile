@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.grace-installed
 
-.PHONY: install test demo
+.PHONY: install test demo study
 
 install: $(STAMP)
 
@@ -27,3 +27,9 @@ test: install
 # More steps or a GPU: make demo DEMO_ARGS="--steps 40 --device cuda"
 demo: install
 	$(PY) -m grace.demo $(DEMO_ARGS)
+
+# A study: named arms (base model, contrastive baseline, GRACE settings) on the same data and held-out items, with
+# paired bootstrap intervals; report in study_out/<name>/. Re-running skips finished arms and resumes training.
+STUDY ?= studies/first.yaml
+study: install
+	$(PY) -m grace.study $(STUDY) $(STUDY_ARGS)

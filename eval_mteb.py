@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=float(os.environ.get("VLLM_GPU_MEMORY_UTILIZATION", 0.8)), help="vLLM memory share")
     parser.add_argument("--pooling_method", default="mean", choices=["mean", "eos"],
                         help="mean (training's pooling); eos is refused: the reference's eos pooling was broken")
+    parser.add_argument("--pooling_span", default="prompt+response", choices=["prompt+response", "response"],
+                        help="tokens in the mean: after the system prefix (training's default) or the rationale alone")
     parser.add_argument("--model_name", default=None, help="name in the results (default: the model folder's name)")
     parser.add_argument("--no_rationale", action="store_true", help="embed the prompt alone (direct forward)")
     parser.add_argument("--sample", action="store_true", help="sample rationales (default: greedy, deterministic)")
@@ -55,13 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_encoder(args):
-    import torch
-
     from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
-    from grace.evaluation.rationale_cache import RationaleCache, model_fingerprint, namespace_of
+    from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 
-    settings = EncoderSettings(max_input_length=args.input_max_length, generation=GenerationSettings(
-        max_new_tokens=args.thinking_max_length, do_sample=args.sample, temperature=args.temperature, seed=args.seed))
+    settings = EncoderSettings(max_input_length=args.input_max_length, pooling_span=args.pooling_span,
+                               generation=GenerationSettings(max_new_tokens=args.thinking_max_length,
+                                                             do_sample=args.sample, temperature=args.temperature,
+                                                             seed=args.seed))
     encoder = GraceEncoder.from_pretrained(args.model_path, device=args.device, backend=args.backend,
                                            settings=settings, vllm_tensor_parallel_size=args.vllm_tensor_parallel_size,
                                            vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization)
@@ -71,8 +73,7 @@ def load_encoder(args):
         encoder.model = AutoModelForCausalLM.from_pretrained(args.forward_model_path, torch_dtype=encoder.model.dtype,
                                                              trust_remote_code=True).to(encoder.model.device).eval()
     cache_path = args.rationale_cache or args.output_dir / "rationales.sqlite"
-    namespace = namespace_of(model_fingerprint(args.model_path), settings, torch.__version__)
-    encoder.rationale_cache = RationaleCache(cache_path, namespace)
+    encoder.rationale_cache = RationaleCache(cache_path, encoder_namespace(args.model_path, settings))
     return encoder
 
 

@@ -7,7 +7,15 @@ Stages, each through the same command line a user would type: SmolLM2-135M-Instr
 packaged GGUF; Echo-format triples from packaged Wikipedia articles (`grace.data.demo`); `process_data.py`;
 `offline_filter_data.py`; `python -m grace.train` (verl 0.4.1, HF rollout, FSDP2, the `hidden` reward,
 supervised mode); `scripts/merge_model.py`; `eval_mteb.py --tasks local` on the base model (with and without a
-rationale) and on the trained model. It writes OUT/report.md and OUT/reward_curve.png.
+rationale) and on the trained model. It writes OUT/report.md, OUT/reward_curve.png and
+OUT/validation_reward.png. While training, the console shows a line per step (rewards, what GRPO learns from,
+the validation reward when computed, seconds per step, time left).
+
+Instruments: every `--val_every` steps (and before training) verl's validation scores the GRACE reward of greedy
+rationales on a fixed set of `--val_size` held-out prompts, with greedy query and negative rationales, so its
+curve moves only when the policy does; its slope and standard error are in the report, beside the mean
+within-group reward spread and the fraction of groups with equal rewards (no gradient). On a CPU the compute dtype
+is the one the CPU runs fast (`--cpu_dtype`, default auto: float32 unless it has native bf16).
 
 Simplifications against the reference recipe, made to fit a CPU and 30 minutes (each a flag):
 - 4 prompts x 4 rollouts per step, responses and evaluation rationales of at most 48 tokens, positives and
@@ -29,8 +37,11 @@ import sys
 import time
 from pathlib import Path
 
+from grace.study.stats import linear_trend, trend_verdict
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["total", "positive", "negative", "clustering", "cross_group"]
+VALIDATION_PREFIX = "val-core/"  # verl: val-core/<data source>/reward/mean@1
 
 
 class StageTimer:
@@ -50,20 +61,80 @@ class StageTimer:
             self.current = None
 
 
-def run(command: list[str], log_name: str, out: Path, env: dict | None = None) -> None:
-    """Run one stage's command, echo its output live and keep it in OUT/logs; stop on failure."""
+def run(command: list[str], log_name: str, out: Path, env: dict | None = None, on_line=None) -> None:
+    """Run one stage's command, echo its output live and keep it in OUT/logs; stop on failure. `on_line` is
+    called after every output line (the training progress uses it)."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
     log_path = out / "logs" / f"{log_name}.log"
     print("$ " + " ".join(command), flush=True)
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, **(env or {})})
         for line in process.stdout:
             log.write(line)
             if _worth_showing(line):
                 print("    " + line.rstrip()[:200], flush=True)
+            if on_line is not None:
+                on_line()
         if process.wait() != 0:
             raise SystemExit(f"stage {log_name!r} failed (exit {process.returncode}); full log: {log_path}")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """verl's step metrics from a `+trainer.metrics_file`, one record per step (a step logged again after a
+    resume replaces the earlier record)."""
+    by_step: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            by_step[record["step"]] = {**by_step.get(record["step"], {}), **record}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def validation_reward(record: dict) -> float | None:
+    """The mean validation reward of a metrics record, when that step ran validation."""
+    values = [v for k, v in record.items() if k.startswith(VALIDATION_PREFIX) and "/reward/mean@" in k]
+    return sum(values) / len(values) if values else None
+
+
+def validation_curve(metrics: list[dict]) -> tuple[list[int], list[float]]:
+    points = [(m["step"], validation_reward(m)) for m in metrics if validation_reward(m) is not None]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+class StepProgress:
+    """Prints one line per training step from the metrics file as verl writes it."""
+
+    def __init__(self, metrics_path: Path, total_steps: int, label: str = "train"):
+        self.path, self.total, self.label, self.shown = metrics_path, total_steps, label, set()
+
+    def __call__(self) -> None:
+        if not self.path.exists():
+            return
+        metrics = read_metrics(self.path)
+        seconds = [m["timing_s/step"] for m in metrics if "timing_s/step" in m]
+        for record in metrics:
+            if record["step"] in self.shown:
+                continue
+            self.shown.add(record["step"])
+            print("    " + step_line(record, self.total, seconds, self.label), flush=True)
+
+
+def step_line(record: dict, total_steps: int, step_seconds: list[float], label: str = "train") -> str:
+    parts = [f"[{label}] step {record['step']}/{total_steps}"]
+    if "grace/total" in record:
+        parts.append(f"reward {record['grace/total']:+.3f} (positive {record.get('grace/positive', float('nan')):+.3f})")
+    if "grace/group_reward_std" in record:
+        parts.append(f"group std {record['grace/group_reward_std']:.3f}, "
+                     f"flat groups {100 * record.get('grace/group_all_equal', float('nan')):.0f}%")
+    if "actor/entropy" in record:
+        parts.append(f"entropy {record['actor/entropy']:.2f}")
+    if validation_reward(record) is not None:
+        parts.append(f"validation reward {validation_reward(record):+.3f}")
+    if "timing_s/step" in record:
+        mean = sum(step_seconds) / len(step_seconds)
+        parts.append(f"{record['timing_s/step']:.0f} s/step, ~{mean * (total_steps - record['step']) / 60:.0f} min left")
+    return " | ".join(parts)
 
 
 def _worth_showing(line: str) -> bool:
@@ -78,7 +149,7 @@ def train_overrides(args, data: Path, model: Path, out: Path) -> list[str]:
     return [
         "algorithm.adv_estimator=grpo", f"algorithm.norm_adv_by_std_in_grpo={args.norm_adv_by_std}",
         f"data.train_files={data}/train.parquet", f"data.val_files={data}/test.parquet",
-        f"data.train_batch_size={args.prompts}", "data.val_batch_size=4", f"data.max_prompt_length={args.max_prompt}",
+        f"data.train_batch_size={args.prompts}", f"data.max_prompt_length={args.max_prompt}",
         f"data.max_response_length={args.response_length}", "data.filter_overlong_prompts=False",
         "data.truncation=error", "+data.train_mode=supervised", "+data.seed=0",
         f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.use_remove_padding=False",
@@ -93,36 +164,16 @@ def train_overrides(args, data: Path, model: Path, out: Path) -> list[str]:
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.prompts * args.rollouts}",
         "reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1",
         f"+reward_model.reward_kwargs.variant={args.variant}",
+        f"+reward_model.reward_kwargs.pooling_span={args.pooling_span}",
         "+reward_model.reward_kwargs.enable_length_penalty=False",
         "trainer.logger=['console']", f"trainer.n_gpus_per_node={args.n_gpus}", "trainer.nnodes=1",
-        f"trainer.total_training_steps={args.steps}", f"trainer.save_freq={args.steps}", "trainer.test_freq=-1",
-        "trainer.val_before_train=False", f"trainer.default_local_dir={out}/checkpoints",
+        f"trainer.total_training_steps={args.steps}", f"trainer.save_freq={args.save_every or args.steps}",
+        "trainer.max_actor_ckpt_to_keep=1", f"trainer.test_freq={args.val_every if args.val_every > 0 else -1}",
+        f"trainer.val_before_train={args.val_every > 0}", f"trainer.default_local_dir={out}/checkpoints",
+        f"+trainer.cpu_dtype={args.cpu_dtype}",
         f"+trainer.metrics_file={out}/metrics.jsonl", "trainer.project_name=GRACE", "trainer.experiment_name=demo",
         "ray_init.num_cpus=2" if args.device == "cpu" else "ray_init.num_cpus=null",
     ]
-
-
-def reward_trend(values: list[float]) -> tuple[float, float]:
-    """Least-squares slope of `values` over steps 1..n and its standard error (nan with fewer than 3 points)."""
-    n = len(values)
-    if n < 3:
-        return float("nan"), float("nan")
-    xs = list(range(1, n + 1))
-    x_mean, y_mean = sum(xs) / n, sum(values) / n
-    sxx = sum((x - x_mean) ** 2 for x in xs)
-    slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, values)) / sxx
-    residuals = [y - (y_mean + slope * (x - x_mean)) for x, y in zip(xs, values)]
-    return slope, math.sqrt(sum(r * r for r in residuals) / (n - 2) / sxx)
-
-
-def trend_verdict(slope: float, error: float) -> str:
-    if math.isnan(slope):
-        return "too few steps to tell whether the reward rose"
-    if slope > 2 * error:
-        return "the total reward rose (slope more than two standard errors above 0)"
-    if slope < -2 * error:
-        return "the total reward fell (slope more than two standard errors below 0)"
-    return "the total reward showed no clear trend (slope within two standard errors of 0)"
 
 
 def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
@@ -153,6 +204,30 @@ def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_validation(metrics: list[dict], path: Path, title: str = "GRACE reward on the fixed validation set") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, values = validation_curve(metrics)
+    slope, error = linear_trend(values, steps)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, values, marker="o", label="validation reward (greedy rationales)")
+    if not math.isnan(slope):
+        mean_step, mean_value = sum(steps) / len(steps), sum(values) / len(values)
+        axis.plot(steps, [mean_value + slope * (s - mean_step) for s in steps], "k--", linewidth=1,
+                  label=f"fit: {slope:+.4f} ± {error:.4f} per step")
+    axis.set_xlabel("training step")
+    axis.set_ylabel("mean GRACE reward")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def example_rationales(base: Path, trained: Path, text: str, max_new_tokens: int) -> dict[str, str]:
     from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
 
@@ -168,24 +243,33 @@ def _scores(summary_path: Path) -> dict[str, dict]:
 
 def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Path], examples: dict[str, str],
                  example_text: str, stage_seconds: dict[str, float]) -> Path:
+    validation_metrics = metrics
+    metrics = [m for m in metrics if "grace/total" in m]  # training steps (step 0 is validation only)
     totals = [m["grace/total"] for m in metrics]
-    slope, error = reward_trend(totals)
-    positive_slope, positive_error = reward_trend([m["grace/positive"] for m in metrics])
+    slope, error = linear_trend(totals)
+    positive_slope, positive_error = linear_trend([m["grace/positive"] for m in metrics])
     lines = ["# GRACE demo report", "", "## Settings", "", "| setting | value |", "|---|---|"]
     for key in ("model", "steps", "prompts", "rollouts", "response_length", "lr", "norm_adv_by_std", "variant",
-                "train_triples", "max_chars", "eval_size", "rationale_length", "device"):
+                "pooling_span", "train_triples", "max_chars", "val_every", "val_size", "eval_size",
+                "rationale_length", "device", "compute_dtype"):
         lines.append(f"| {key} | {getattr(args, key)} |")
-    lines += ["", "## Reward over the steps", "", "![reward curve](reward_curve.png)", "",
+    lines += ["", "## Validation reward", "", validation_section(validation_metrics), "",
+              "![validation reward](validation_reward.png)", "",
+              "## Reward over the steps", "", "![reward curve](reward_curve.png)", "",
               f"Slope of the total reward: {slope:+.4f} per step (standard error {error:.4f}, {len(totals)} steps): "
-              f"{trend_verdict(slope, error)}. The total includes the negative and cross-group terms, which are the "
+              f"{trend_verdict(slope, error, 'the total reward')}. The total includes the negative and cross-group terms, which are the "
               f"same for every rollout of a prompt and change with each step's prompts; the positive term alone (query "
               f"vs rollout, the part that moves the policy) has slope {positive_slope:+.4f} (standard error "
               f"{positive_error:.4f}).", "",
-              "| step | " + " | ".join(COMPONENTS) + " | grad norm | response length | step time (s) |",
-              "|---|" + "---|" * (len(COMPONENTS) + 3)]
+              "What GRPO learns from: `group std` is the mean within-group standard deviation of the final reward "
+              "(the advantage's scale), `flat` the fraction of groups whose rewards are all equal (no gradient).", "",
+              "| step | " + " | ".join(COMPONENTS) + " | group std | flat | entropy | grad norm | response length "
+              "| step time (s) |", "|---|" + "---|" * (len(COMPONENTS) + 6)]
     for m in metrics:
         cells = [str(m["step"])] + [f"{m.get(f'grace/{c}', float('nan')):.3f}" for c in COMPONENTS]
-        cells += [f"{m.get('actor/grad_norm', float('nan')):.3f}", f"{m.get('response_length/mean', float('nan')):.1f}",
+        cells += [f"{m.get('grace/group_reward_std', float('nan')):.3f}",
+                  f"{m.get('grace/group_all_equal', float('nan')):.2f}", f"{m.get('actor/entropy', float('nan')):.3f}",
+                  f"{m.get('actor/grad_norm', float('nan')):.3f}", f"{m.get('response_length/mean', float('nan')):.1f}",
                   f"{m.get('timing_s/step', float('nan')):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     scores = {label: _scores(path) for label, path in evaluations.items()}
@@ -211,7 +295,18 @@ def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Pa
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     plot_rewards(metrics, slope, out / "reward_curve.png")
+    plot_validation(validation_metrics, out / "validation_reward.png")
     return report
+
+
+def validation_section(metrics: list[dict]) -> str:
+    steps, values = validation_curve(metrics)
+    if not steps:
+        return "Validation was off (`--val_every 0`)."
+    slope, error = linear_trend(values, steps)
+    table = " ".join(f"step {s}: {v:+.3f};" for s, v in zip(steps, values))
+    return (f"GRACE reward of greedy rationales on the fixed validation prompts, at {len(steps)} points: {table} "
+            f"slope {slope:+.4f} per step (standard error {error:.4f}): {trend_verdict(slope, error)}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,14 +321,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--norm_adv_by_std", type=lambda s: s.lower() == "true", default=True,
                         help="divide GRPO advantages by the group std (true/false)")
     parser.add_argument("--variant", default="reference", choices=["reference", "infonce"], help="reward variant")
+    parser.add_argument("--pooling_span", default="prompt+response", choices=["prompt+response", "response"],
+                        help="tokens pooled into an embedding, in the reward and the evaluation")
     parser.add_argument("--train_triples", type=int, default=600, help="training triples to prepare")
     parser.add_argument("--max_chars", type=int, default=300, help="cut documents to their first sentences")
     parser.add_argument("--max_prompt", type=int, default=192, help="max prompt tokens (filter and training)")
+    parser.add_argument("--val_every", type=int, default=4,
+                        help="validation reward on the fixed validation prompts every N steps and before training "
+                             "(0: off)")
+    parser.add_argument("--val_size", type=int, default=16, help="fixed validation prompts (held out of training)")
+    parser.add_argument("--save_every", type=int, default=0, help="checkpoint every N steps (0: at the end only)")
+    parser.add_argument("--cpu_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="compute dtype of CPU training; auto: bfloat16 only where the CPU runs it natively")
     parser.add_argument("--eval_size", type=int, default=100, help="documents / queries per local task")
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens in evaluation")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
     parser.add_argument("--n_gpus", type=int, default=1, help="GPUs (or CPU placeholder ranks) for training")
     return parser
+
+
+def compute_dtype(args) -> str:
+    """The dtype training runs in: on a CPU the one `--cpu_dtype` resolves to here; on GPUs verl's bf16."""
+    if args.device != "cpu":
+        return "bfloat16 (verl's GPU mixed precision)"
+    from grace.verl_ext.cpu_compat import resolve_cpu_dtype
+
+    return resolve_cpu_dtype(args.cpu_dtype) + ("" if args.cpu_dtype != "auto" else " (auto: this CPU's fast dtype)")
+
+
+def prepare_data(args, out: Path, model: Path) -> Path:
+    """Demo triples from the packaged Wikipedia, then the reference's process and filter commands; returns the
+    folder of the filtered train/test parquet files. The test split (the fixed validation prompts) holds
+    `args.val_size` triples before the length filter."""
+    python = sys.executable
+    raw, data = out / "raw", out / "data"
+    run([python, "-m", "grace.data.demo", "--out", str(raw), "--max_triples", str(args.train_triples),
+         "--max_sentences", "100", "--max_chars", str(args.max_chars)], "demo_data", out)
+    test_ratio = (args.val_size + 0.5) / args.train_triples  # process_data keeps int(rows * ratio) for test
+    run([python, "process_data.py", "--mode", "supervised", "--input_file", str(raw / "echo_demo.jsonl"),
+         "--local_dir", str(data / "supervised"), "--test_ratio", f"{test_ratio:.6f}"], "process_data", out)
+    run([python, "offline_filter_data.py", "--train_parquet", str(data / "supervised/train.parquet"),
+         "--val_parquet", str(data / "supervised/test.parquet"), "--out_dir", str(data / "filtered"),
+         "--tokenizer_path", str(model), "--max_len", str(args.max_prompt)], "filter_data", out)
+    return data / "filtered"
+
+
+def train(args, data: Path, model: Path, out: Path, label: str = "train") -> list[dict]:
+    """`python -m grace.train` with the demo's overrides (resuming from OUT/checkpoints when present); returns the
+    step metrics."""
+    metrics_path = out / "metrics.jsonl"
+    run([sys.executable, "-m", "grace.train", *train_overrides(args, data, model, out)], "train", out,
+        env={"WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"},
+        on_line=StepProgress(metrics_path, args.steps, label))
+    return read_metrics(metrics_path)
+
+
+def merge(out: Path, model: Path) -> Path:
+    """The latest checkpoint under OUT/checkpoints as a Hugging Face folder OUT/trained_model."""
+    trained = out / "trained_model"
+    run([sys.executable, "scripts/merge_model.py", "merge", "--backend", "fsdp", "--local_dir", str(out / "checkpoints"),
+         "--target_dir", str(trained), "--hf_model_path", str(model)], "merge", out)
+    return trained
 
 
 def main(argv=None) -> int:
@@ -243,6 +391,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"{out} is not empty; remove it or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
+    args.compute_dtype = compute_dtype(args)
+    print(f"compute dtype: {args.compute_dtype}", flush=True)
     timer = StageTimer(total=8)
     timer.start("model")
     if args.model is None:
@@ -253,25 +403,16 @@ def main(argv=None) -> int:
     else:
         model = Path(args.model).resolve()
     timer.start("data")
-    raw, data = out / "raw", out / "data"
-    run([python, "-m", "grace.data.demo", "--out", str(raw), "--max_triples", str(args.train_triples),
-         "--max_sentences", "100", "--max_chars", str(args.max_chars)], "demo_data", out)
-    run([python, "process_data.py", "--mode", "supervised", "--input_file", str(raw / "echo_demo.jsonl"),
-         "--local_dir", str(data / "supervised"), "--test_ratio", "0.05"], "process_data", out)
-    run([python, "offline_filter_data.py", "--train_parquet", str(data / "supervised/train.parquet"),
-         "--val_parquet", str(data / "supervised/test.parquet"), "--out_dir", str(data / "filtered"),
-         "--tokenizer_path", str(model), "--max_len", str(args.max_prompt)], "filter_data", out)
+    data = prepare_data(args, out, model)
     timer.start("train")
-    run([python, "-m", "grace.train", *train_overrides(args, data / "filtered", model, out)], "train", out,
-        env={"WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"})
+    metrics = train(args, data, model, out)
     timer.start("merge")
-    trained = out / "trained_model"
-    run([python, "scripts/merge_model.py", "merge", "--backend", "fsdp", "--local_dir", str(out / "checkpoints"),
-         "--target_dir", str(trained), "--hf_model_path", str(model)], "merge", out)
+    trained = merge(out, model)
     evaluations = {}
     common = ["--tasks", "local", "--local_size", str(args.eval_size), "--thinking_max_length",
-              str(args.rationale_length), "--batch_size", "16", "--backend", "hf", "--device", args.device]
-    for label, path, extra in (("base, prompt only", model, ["--no_rationale"]),
+              str(args.rationale_length), "--batch_size", "16", "--backend", "hf", "--device", args.device,
+              "--pooling_span", args.pooling_span]
+    for label, path, extra in (("base, prompt only", model, ["--no_rationale", "--pooling_span", "prompt+response"]),
                                ("base, with rationale", model, []),
                                ("trained, with rationale", trained, [])):
         timer.start(f"evaluate {label}")
@@ -284,7 +425,6 @@ def main(argv=None) -> int:
 
     example_text = held_out_articles(require_description=True)[0]["extract"]
     examples = example_rationales(model, trained, example_text, args.rationale_length)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timer.stop()
     report = write_report(args, out, metrics, evaluations, examples, example_text, timer.seconds)
     print(f"\nreport: {report}\nreward curve: {out / 'reward_curve.png'}")

@@ -44,7 +44,9 @@ def last_hidden_states(model, input_ids, attention_mask, position_ids=None) -> t
     return captured["hidden"]
 
 
-def embed_sequences(model, input_ids, attention_mask, position_ids=None, prefix_len: int = 0) -> torch.Tensor:
-    """float32 [B, H] L2-normalised embeddings: the masked mean after the first `prefix_len` valid tokens."""
+def embed_sequences(model, input_ids, attention_mask, position_ids=None, prefix_len: int | torch.Tensor = 0
+                    ) -> torch.Tensor:
+    """float32 [B, H] L2-normalised embeddings: the masked mean after the first `prefix_len` valid tokens (one
+    count, or [B] counts: see `grace.pooling.pooling_skip`)."""
     hidden = last_hidden_states(model, input_ids, attention_mask, position_ids)
     return pool_hidden_states(hidden, attention_mask, prefix_len=prefix_len, normalize=True)

@@ -1,8 +1,12 @@
 """Pool last-layer hidden states into one embedding per sequence, as GRACE's training reward does.
 
 The embedding of a sequence (chat prompt + generated rationale) is the masked mean of its last-layer hidden
-states over every valid token after the system-prompt prefix: the user text, the template tokens before the
-answer, the rationale and its EOS. It is computed in float32 and L2-normalised.
+states over a span of its valid tokens, in float32, L2-normalised. Two spans (`POOLING_SPANS`):
+- `prompt+response` (the reference, the default): every valid token after the system-prompt prefix: the user
+  text, the template tokens before the answer, the rationale and its EOS;
+- `response`: the rationale tokens alone (and its EOS), so the text's own tokens no longer dominate the mean.
+Both are a number of leading valid tokens to skip per row (`pooling_skip`), applied the same way in the
+training reward, the encoder and the evaluation.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from grace.prompts import SYSTEM_PROMPT
+
+POOLING_SPANS = ("prompt+response", "response")
 
 # Stands in for the user text to find where user content starts in the chat template.
 _USER_PLACEHOLDER = "GRACE_USER_CONTENT_PLACEHOLDER"
@@ -41,10 +47,20 @@ def system_prefix_length(tokenizer, system_prompt: str = SYSTEM_PROMPT) -> int:
     return 0
 
 
+def pooling_skip(prompt_lengths: torch.Tensor, span: str, prefix_len: int) -> torch.Tensor:
+    """[B] leading valid tokens to skip before pooling: the system prefix (`prompt+response`) or each row's whole
+    prompt of `prompt_lengths` valid tokens (`response`)."""
+    if span not in POOLING_SPANS:
+        raise ValueError(f"pooling span must be one of {POOLING_SPANS}, got {span!r}")
+    prompt_lengths = torch.as_tensor(prompt_lengths, dtype=torch.long)
+    return prompt_lengths.clone() if span == "response" else torch.full_like(prompt_lengths, prefix_len)
+
+
 def pool_hidden_states(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int = 0, normalize: bool = True
+    hidden: torch.Tensor, attention_mask: torch.Tensor, prefix_len: int | torch.Tensor = 0, normalize: bool = True
 ) -> torch.Tensor:
-    """Masked mean of `hidden` [B, T, H] over valid tokens, skipping each row's first `prefix_len` valid tokens.
+    """Masked mean of `hidden` [B, T, H] over valid tokens, skipping each row's first `prefix_len` valid tokens
+    (one count for every row, or a [B] tensor of counts).
 
     Works for any padding side (the skip counts valid tokens, not positions). Computed in float32 whatever
     the input dtype; a row with no pooled token gives a zero vector, never NaN. Returns float32 [B, H].
@@ -52,11 +68,15 @@ def pool_hidden_states(
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B, T, H] and attention_mask [B, T], got {tuple(hidden.shape)} and "
                          f"{tuple(attention_mask.shape)}")
-    if prefix_len < 0:
+    skip = torch.as_tensor(prefix_len, device=hidden.device)
+    if skip.dim() not in (0, 1) or (skip.dim() == 1 and skip.shape[0] != hidden.shape[0]):
+        raise ValueError(f"prefix_len must be one count or one per row ({hidden.shape[0]}), got shape "
+                         f"{tuple(skip.shape)}")
+    if bool((skip < 0).any()):
         raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
     valid = attention_mask.bool()
     rank_among_valid = valid.long().cumsum(dim=1)  # 1 for the first valid token of each row
-    weights = (valid & (rank_among_valid > prefix_len)).to(torch.float32)
+    weights = (valid & (rank_among_valid > skip.reshape(-1, 1))).to(torch.float32)
     summed = torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1)
     pooled = summed / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     if normalize:

@@ -2,9 +2,13 @@
 
 Each check runs in a fresh interpreter, since the patches are process-wide."""
 
+import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
+import torch
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -56,3 +60,64 @@ def test_another_verl_version_is_refused():
         cpu_compat.apply()
     """)
     assert done.returncode != 0 and "written for verl==0.4.1, found verl 0.5.0" in done.stderr
+
+
+def test_cpu_dtype_follows_native_bf16_and_can_be_forced(monkeypatch):
+    from grace.verl_ext import cpu_compat
+
+    for avx512_bf16, amx, expected in ((False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value)
+        assert cpu_compat.resolve_cpu_dtype("auto") == expected
+        assert cpu_compat.resolve_cpu_dtype("float32") == "float32"
+        assert cpu_compat.resolve_cpu_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="cpu dtype"):
+        cpu_compat.resolve_cpu_dtype("fp16")
+
+
+@pytest.mark.parametrize("native, forced, dtype, precision", [(False, None, "float32", "fp32"),
+                                                                (True, None, "bfloat16", "bf16"),
+                                                                (True, "float32", "float32", "fp32")])
+def test_cpu_run_configuration(monkeypatch, capsys, native, forced, dtype, precision):
+    from grace.verl_ext import cpu_compat
+    from tests.training import compose_config
+
+    monkeypatch.setattr(cpu_compat, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setenv(cpu_compat.CPU_DTYPE_ENV, "unset")  # restored after the test: configure_cpu_run sets it
+    config = compose_config([f"+trainer.cpu_dtype={forced}"] if forced else [])
+    assert cpu_compat.configure_cpu_run(config) == dtype
+    for role in ("actor", "ref"):
+        assert config.actor_rollout_ref[role].fsdp_config.mixed_precision.param_dtype == precision
+    assert config.actor_rollout_ref.ref.fsdp_config.model_dtype == precision
+    assert config.data.dataloader_num_workers == 0
+    assert os.environ[cpu_compat.CPU_DTYPE_ENV] == dtype
+    assert f"CPU training in {dtype}" in capsys.readouterr().out
+    kept = compose_config(["+data.dataloader_num_workers=3"])
+    cpu_compat.configure_cpu_run(kept)
+    assert kept.data.dataloader_num_workers == 3
+
+
+def test_float32_run_turns_bf16_autocast_off_on_the_cpu():
+    done = run_python("""
+        import os, torch
+        os.environ["GRACE_CPU_DTYPE"] = "float32"
+        from grace.verl_ext import cpu_compat
+        cpu_compat.apply()
+        a, b = torch.randn(4, 8), torch.randn(8, 2)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # as verl's dp_actor and HF rollout write it
+            assert (a @ b).dtype == torch.float32
+        with torch.autocast(device_type="cpu", dtype=torch.float16):  # only bf16 is turned off
+            assert (a @ b).dtype == torch.float16
+        print("ok")
+    """)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+    unpatched = run_python("""
+        import os, torch
+        os.environ["GRACE_CPU_DTYPE"] = "bfloat16"
+        from grace.verl_ext import cpu_compat
+        cpu_compat.apply()
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            assert (torch.randn(4, 8) @ torch.randn(8, 2)).dtype == torch.bfloat16
+        print("ok")
+    """)
+    assert unpatched.returncode == 0 and unpatched.stdout.strip().endswith("ok"), unpatched.stderr

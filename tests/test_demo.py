@@ -1,15 +1,14 @@
 """The demo's code path, reduced: tiny model, a few steps, small local tasks (the real run is `make demo`)."""
 
-import math
-
+import pandas as pd
 import pytest
-from scipy.stats import linregress
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.data.assets import smollm2_hf_folder
+from grace.demo import build_parser, prepare_data, step_line, validation_curve
 from grace.demo import main as demo_main
-from grace.demo import reward_trend, trend_verdict
 from grace.prompts import chat_prompt_ids
+from grace.verl_ext.cpu_compat import resolve_cpu_dtype
 
 pytestmark = pytest.mark.slow
 
@@ -18,33 +17,47 @@ def test_reduced_demo_writes_report_and_plot(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "demo_out"
     assert demo_main(["--out", str(out), "--model", str(tiny_model_path), "--steps", "3", "--eval_size", "6",
                       "--rationale_length", "4", "--response_length", "8", "--max_prompt", "320",
-                      "--train_triples", "40"]) == 0
+                      "--train_triples", "40", "--val_every", "1", "--val_size", "4"]) == 0
     report = (out / "report.md").read_text()
-    for section in ("## Settings", "## Reward over the steps", "Slope of the total reward",
+    for section in ("## Settings", "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
+                    "Slope of the total reward", f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |", "group std | flat | entropy",
                     "## Local evaluation", "| base, prompt only | base, with rationale | trained, with rationale |",
                     "accuracy@1", "## The same text, before and after training", "## Wall time"):
         assert section in report
     steps = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(steps) == 2
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "validation_reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "trained_model/model.safetensors").exists()
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-2:] == [f"report: {out / 'report.md'}", f"reward curve: {out / 'reward_curve.png'}"]
+    step_lines = [line.strip() for line in printed if line.strip().startswith("[train] step ")]
+    assert [line.split(" | ")[0] for line in step_lines] == [f"[train] step {k}/3" for k in range(4)]
+    assert "validation reward" in step_lines[0] and "min left" in step_lines[-1] and "flat groups" in step_lines[-1]
     with pytest.raises(SystemExit, match="not empty"):
         demo_main(["--out", str(out), "--model", str(tiny_model_path)])
 
 
-def test_reward_trend_against_known_lines():
-    slope, error = reward_trend([1.0, 2.0, 3.0, 4.0])
-    assert slope == pytest.approx(1.0) and error == pytest.approx(0.0)
-    assert "rose" in trend_verdict(slope, 0.1)
-    values = [1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 2.0, 0.5]
-    slope, error = reward_trend(values)
-    expected = linregress(range(1, len(values) + 1), values)  # an independent least-squares fit
-    assert slope == pytest.approx(expected.slope) and error == pytest.approx(expected.stderr)
-    assert "no clear trend" in trend_verdict(slope, error)
-    assert "fell" in trend_verdict(-1.0, 0.1)
-    assert math.isnan(reward_trend([1.0, 2.0])[0])
+def test_step_line_and_validation_curve():
+    records = [{"step": 0, "val-core/supervised/reward/mean@1": 1.5},
+               {"step": 1, "grace/total": 2.0, "grace/positive": 0.5, "grace/group_reward_std": 0.25,
+                "grace/group_all_equal": 0.5, "actor/entropy": 3.0, "timing_s/step": 60.0},
+               {"step": 2, "grace/total": 2.5, "timing_s/step": 120.0, "val-core/supervised/reward/mean@1": 1.75}]
+    assert validation_curve(records) == ([0, 2], [1.5, 1.75])
+    line = step_line(records[1], total_steps=4, step_seconds=[60.0, 120.0])
+    assert line == ("[train] step 1/4 | reward +2.000 (positive +0.500) | group std 0.250, flat groups 50% | "
+                    "entropy 3.00 | 60 s/step, ~4 min left")
+    assert "validation reward +1.750" in step_line(records[2], 4, [60.0, 120.0])
+
+
+def test_validation_prompts_are_fixed(tiny_model_path, tmp_path):
+    """Two preparations give the same validation prompts, held out of the training split."""
+    args = build_parser().parse_args(["--train_triples", "30", "--val_size", "5", "--max_prompt", "320"])
+    first, second = (prepare_data(args, tmp_path / name, tiny_model_path) for name in ("a", "b"))
+    validation = pd.read_parquet(first / "test.parquet")
+    assert len(validation) == 5 and validation.equals(pd.read_parquet(second / "test.parquet"))
+    train_texts = {row["instruction"] for row in pd.read_parquet(first / "train.parquet")["multi_input"]}
+    assert not train_texts & {row["instruction"] for row in validation["multi_input"]}
 
 
 def test_packaged_smollm2_converts_to_a_working_chat_model(tmp_path):

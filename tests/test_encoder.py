@@ -48,6 +48,23 @@ def test_pooling_matches_grace_pooling_on_the_same_tokens(encoder):
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_response_pooling_span_pools_the_rationale_alone(tiny_model_path):
+    settings = EncoderSettings(pooling_span="response", generation=GenerationSettings(max_new_tokens=5))
+    encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", device="cpu", settings=settings)
+    embeddings, _ = encoder.encode(TEXTS[:2], return_rationales=True)
+    for row, text in enumerate(TEXTS[:2]):
+        prompt = encoder.prompt_ids(text)
+        rationale = encoder.generate_rationale_ids([prompt])[0]
+        with torch.no_grad():
+            hidden = encoder.model(torch.tensor([prompt + rationale]), output_hidden_states=True).hidden_states[-1]
+        expected = torch.nn.functional.normalize(hidden[0, len(prompt):].mean(0), dim=0)
+        np.testing.assert_allclose(embeddings[row], expected.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs rationale=True"):
+        encoder.encode(TEXTS[:1], rationale=False)
+    with pytest.raises(ValueError, match="pooling_span must be one of"):
+        EncoderSettings(pooling_span="prompt")
+
+
 def test_encoder_embeds_exactly_as_the_training_worker(encoder):
     """The same prompt + response, laid out as verl does (left-padded prompt, right-padded response)."""
     prompts = [encoder.prompt_ids(t) for t in TEXTS[:3]]
@@ -58,8 +75,9 @@ def test_encoder_embeds_exactly_as_the_training_worker(encoder):
     mask = torch.tensor([[0] * (prompt_width - len(p)) + [1] * (len(p) + len(r)) + [0] * (response_width - len(r))
                          for p, r in zip(prompts, responses)])
     batch = TensorDict({"input_ids": torch.tensor(rows), "attention_mask": mask,
-                        "position_ids": position_ids_from_mask(mask)}, batch_size=3)
-    worker = pooled_embeddings_in_token_budget(encoder.model, batch, encoder.prefix_len, max_token_len=400)
+                        "position_ids": position_ids_from_mask(mask), "pool_skip": torch.full((3,), encoder.prefix_len)},
+                       batch_size=3)
+    worker = pooled_embeddings_in_token_budget(encoder.model, batch, max_token_len=400)
     direct = encoder.embed_token_sequences([p + r for p, r in zip(prompts, responses)], batch_size=2)
     np.testing.assert_allclose(direct, worker.numpy(), rtol=1e-5, atol=1e-5)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from grace.pooling import pool_hidden_states, system_prefix_length
+from grace.pooling import pool_hidden_states, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, chat_messages
 
 
@@ -57,11 +57,41 @@ def test_row_without_pooled_tokens_is_zero_not_nan():
     assert torch.isfinite(got).all() and abs(got[2].norm().item() - 1) < 1e-6
 
 
+def test_pooling_span_selects_positions_one_by_one():
+    """verl rows (left-padded prompt, right-padded response); hidden state t is the unit vector e_t, so the
+    un-normalised mean is nonzero exactly at the pooled positions."""
+    prompt_width, response_width, prefix = 6, 4, 2
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 0, 0],    # prompt 4 tokens, response 2
+                         [1, 1, 1, 1, 1, 1, 1, 1, 1, 1],    # prompt 6, response 4
+                         [0, 0, 0, 1, 1, 1, 0, 0, 0, 0]])   # prompt 3, empty response
+    hidden = torch.eye(prompt_width + response_width).expand(3, -1, -1)
+    prompt_lengths = mask[:, :prompt_width].sum(-1)
+    expected = {"prompt+response": [[4, 5, 6, 7], [2, 3, 4, 5, 6, 7, 8, 9], [5]],
+                "response": [[6, 7], [6, 7, 8, 9], []]}
+    for span, positions in expected.items():
+        skip = pooling_skip(prompt_lengths, span, prefix)
+        pooled = pool_hidden_states(hidden, mask, prefix_len=skip, normalize=False)
+        for row, row_positions in enumerate(positions):
+            assert torch.nonzero(pooled[row]).flatten().tolist() == row_positions, (span, row)
+    with pytest.raises(ValueError, match="pooling span"):
+        pooling_skip(prompt_lengths, "prompt", prefix)
+
+
+def test_per_row_skip_equals_pooling_each_row_alone():
+    g = torch.Generator().manual_seed(3)
+    hidden, mask = torch.randn(5, 12, 8, generator=g), random_masks(5, 12, g)
+    skip = torch.tensor([0, 1, 4, 2, 7])
+    rows = [pool_hidden_states(hidden[i : i + 1], mask[i : i + 1], prefix_len=int(skip[i])) for i in range(5)]
+    torch.testing.assert_close(pool_hidden_states(hidden, mask, prefix_len=skip), torch.cat(rows))
+
+
 def test_bad_shapes_are_errors():
     with pytest.raises(ValueError, match="expected hidden"):
         pool_hidden_states(torch.randn(2, 5, 4), torch.ones(2, 4))
     with pytest.raises(ValueError, match="prefix_len"):
         pool_hidden_states(torch.randn(2, 5, 4), torch.ones(2, 5), prefix_len=-1)
+    with pytest.raises(ValueError, match="one per row"):
+        pool_hidden_states(torch.randn(2, 5, 4), torch.ones(2, 5), prefix_len=torch.tensor([1, 2, 3]))
 
 
 def test_system_prefix_is_everything_before_the_user_text(tiny_model_path):

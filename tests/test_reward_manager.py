@@ -30,6 +30,7 @@ class InProcessWorkers:
         self.model, self.eos_id = model, eos_id
         self.generator = torch.Generator().manual_seed(seed)
         self.generated_rows = []
+        self.rationale_temperatures = []
         self.fail_with = None
 
     def append_response(self, prompt_ids, prompt_mask, prompt_pos):
@@ -43,6 +44,7 @@ class InProcessWorkers:
     def generate_rationales(self, data):
         assert len(data) % self.world_size == 0
         self.generated_rows.append(len(data))
+        self.rationale_temperatures.append(data.meta_info["temperature"])
         b = data.batch
         return DataProto.from_dict(self.append_response(b["input_ids"], b["attention_mask"], b["position_ids"]))
 
@@ -50,7 +52,7 @@ class InProcessWorkers:
         assert len(data) % self.world_size == 0
         if self.fail_with is not None:
             raise self.fail_with
-        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, data.meta_info["prefix_len"], 4096)
+        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, 4096)
         return DataProto.from_dict({"embeddings": embeddings})
 
 
@@ -104,7 +106,8 @@ def test_reward_matches_embeddings_computed_directly(setup):
     _, ids = np.unique(batch.non_tensor_batch["uid"].astype(str), return_inverse=True)
     extra = result["reward_extra_info"]
     assert set(extra) == {"grace/total", "grace/positive", "grace/negative", "grace/clustering",
-                          "grace/cross_group", "grace/length_penalized"}
+                          "grace/cross_group", "grace/length_penalized", "grace/group_reward_std",
+                          "grace/group_all_equal"}
     expected = contrastive_rewards(main, main, main, torch.from_numpy(ids), mode="supervised", temperature=0.1)
     # The clustering term uses only the rollouts, so it can be checked without the documents' random rationales.
     torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
@@ -112,6 +115,33 @@ def test_reward_matches_embeddings_computed_directly(setup):
     assert torch.equal(placed[truncated], torch.full_like(placed[truncated], -1.0))
     torch.testing.assert_close(placed[~truncated], torch.tensor(extra["grace/total"])[~truncated])
     assert extra["grace/length_penalized"] == truncated.float().tolist()
+    # What GRPO learns from, against a plain loop over the groups of the placed (final) rewards.
+    for row, group in enumerate(ids):
+        members = placed[torch.from_numpy(ids == group)].double()
+        assert extra["grace/group_reward_std"][row] == pytest.approx(float(members.std()), abs=1e-9)
+        assert extra["grace/group_all_equal"][row] == float(bool((members == members[0]).all()))
+
+
+def test_response_pooling_span_pools_only_the_generated_tokens(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers)
+    extra = manager_for(tokenizer, workers, pooling_span="response")(batch, return_dict=True)["reward_extra_info"]
+    b = batch.batch
+    prompt_lengths = b["attention_mask"][:, : b["prompts"].shape[1]].sum(-1)
+    main = embed_sequences(model, b["input_ids"], b["attention_mask"], b["position_ids"], prompt_lengths)
+    _, ids = np.unique(batch.non_tensor_batch["uid"].astype(str), return_inverse=True)
+    expected = contrastive_rewards(main, main, main, torch.from_numpy(ids), mode="supervised", temperature=0.1)
+    torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="pooling_span"):
+        manager_for(tokenizer, workers, pooling_span="prompt")
+
+
+def test_zero_rationale_temperature_asks_for_greedy_rationales(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    manager_for(tokenizer, workers, rationale_temperature=0.0)(rollout_batch(dataset, workers), return_dict=True)
+    assert workers.rationale_temperatures == [0.0]
 
 
 def test_query_terms_are_constant_within_a_group(setup):

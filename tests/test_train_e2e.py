@@ -67,7 +67,7 @@ def check_eval_sh(model_path: Path, checkpoint_root: Path, out: Path):
 
 
 def components(mode):
-    names = ["total", "positive", "clustering", "cross_group", "length_penalized"]
+    names = ["total", "positive", "clustering", "cross_group", "length_penalized", "group_reward_std", "group_all_equal"]
     return {f"grace/{n}" for n in names + (["negative"] if mode == "supervised" else [])}
 
 
@@ -82,6 +82,8 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
         assert components("supervised") <= set(step)
         assert all(math.isfinite(step[name]) for name in components("supervised"))
         assert "timing_s/ref" not in step  # kl_loss_coef=0: no reference policy
+        assert 0 <= step["grace/group_all_equal"] <= 1 and step["grace/group_reward_std"] >= 0
+        assert step["actor/entropy"] > 0 and step["response_length/mean"] > 0
     assert any(m["actor/grad_norm"] > 0 for m in metrics)
     actor = tmp_path / "checkpoints/global_step_2/actor"
     assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()
@@ -108,6 +110,7 @@ def test_unsupervised_training(tiny_model_path, tmp_path):
         assert components("unsupervised") <= set(step) and "grace/negative" not in step
         assert all(math.isfinite(step[name]) for name in components("unsupervised"))
     assert "val-aux/unsupervised/grace/positive/mean@1" in metrics[-1]  # validation uses the same reward
+    assert math.isfinite(metrics[-1]["val-core/unsupervised/reward/mean@1"])
     assert unchanged_parameters(tiny_model_path, tmp_path / "checkpoints/global_step_2/actor") == []
 
 

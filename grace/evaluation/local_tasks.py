@@ -41,6 +41,29 @@ def held_out_articles(require_description: bool = False) -> list[dict]:
     return [a for a in held_out if a["extract"].strip() and (a.get("description") or not require_description)]
 
 
+def retrieval_articles(queries: int) -> list[dict]:
+    """The held-out articles of the description -> extract retrieval task, in order."""
+    articles = held_out_articles(require_description=True)
+    if queries > len(articles):
+        raise ValueError(f"{queries} retrieval queries asked for, but only {len(articles)} held-out articles have a "
+                         f"description")
+    return articles[:queries]
+
+
+def description_retrieval_items(queries: int) -> tuple[list[str], list[str]]:
+    """(queries, documents) of the description -> extract retrieval task: query i's one relevant document is i."""
+    articles = retrieval_articles(queries)
+    return [a["description"].strip() for a in articles], [a["extract"].strip() for a in articles]
+
+
+def lee_items(documents: int = 50) -> tuple[list[str], list[tuple[int, int, float]]]:
+    """(documents, pairs (i, j, mean human similarity 0-1)) of the Lee news similarity set, every pair i < j."""
+    folder = gensim_test_data_folder()
+    docs = [d.strip() for d in (folder / "lee.cor").read_text(encoding="latin-1").strip().split("\n")[:documents]]
+    ratings = [[float(x) for x in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines()]
+    return docs, [(i, j, ratings[i][j]) for i in range(len(docs)) for j in range(i + 1, len(docs))]
+
+
 class LeeSTS(AbsTaskSTS):
     metadata = _metadata("LeeSTS", "Lee et al. (2005) news document similarity: 50 documents, 1,225 rated pairs.",
                          "STS", "cosine_spearman", "https://hdl.handle.net/2440/28910")
@@ -51,13 +74,10 @@ class LeeSTS(AbsTaskSTS):
     def load_data(self, **kwargs) -> None:
         if self.data_loaded:
             return
-        folder = gensim_test_data_folder()
-        docs = (folder / "lee.cor").read_text(encoding="latin-1").strip().split("\n")[: self.documents]
-        ratings = [[float(x) for x in line.split()] for line in (folder / "similarities0-1.txt").read_text().splitlines()]
-        pairs = [(docs[i].strip(), docs[j].strip(), ratings[i][j])
-                 for i in range(len(docs)) for j in range(i + 1, len(docs))]
+        docs, pairs = lee_items(self.documents)
         self.dataset = {"default": {"test": Dataset.from_dict({
-            "sentence1": [p[0] for p in pairs], "sentence2": [p[1] for p in pairs], "score": [p[2] for p in pairs]})}}
+            "sentence1": [docs[i] for i, _, _ in pairs], "sentence2": [docs[j] for _, j, _ in pairs],
+            "score": [score for _, _, score in pairs]})}}
         self.data_loaded = True
 
 
@@ -69,13 +89,11 @@ class WikiDescriptionRetrieval(AbsTaskRetrieval):
     def load_data(self, **kwargs) -> None:
         if self.data_loaded:
             return
-        articles = held_out_articles(require_description=True)[: self.queries]
-        ids = [f"doc{i}" for i in range(len(articles))]
+        queries, documents = description_retrieval_items(self.queries)
+        ids = [f"doc{i}" for i in range(len(documents))]
         self.dataset = {"default": {"test": {
-            "corpus": Dataset.from_dict({"id": ids, "title": [""] * len(ids),
-                                         "text": [a["extract"].strip() for a in articles]}),
-            "queries": Dataset.from_dict({"id": [f"q{i}" for i in range(len(articles))],
-                                          "text": [a["description"].strip() for a in articles]}),
+            "corpus": Dataset.from_dict({"id": ids, "title": [""] * len(ids), "text": documents}),
+            "queries": Dataset.from_dict({"id": [f"q{i}" for i in range(len(queries))], "text": queries}),
             "relevant_docs": {f"q{i}": {doc: 1} for i, doc in enumerate(ids)},
             "top_ranked": None,
         }}}

@@ -25,6 +25,14 @@ def namespace_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def encoder_namespace(model_path, settings) -> str:
+    """The namespace of an encoder's rationales: its model and what shapes a rationale (not the pooling span)."""
+    import torch
+
+    return namespace_of(model_fingerprint(model_path), settings.system_prompt, settings.max_input_length,
+                        settings.generation, torch.__version__)
+
+
 class RationaleCache:
     def __init__(self, path: Path, namespace: str):
         self.path, self.namespace = Path(path), namespace

@@ -15,7 +15,58 @@ import os
 import torch
 
 PINNED_VERL_VERSION = "0.4.1"
+CPU_DTYPE_ENV = "GRACE_CPU_DTYPE"  # float32 or bfloat16: the compute dtype of a CPU run, set by configure_cpu_run
+CPU_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 _applied = False
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), as torch reports it.
+
+    Without it (AVX2-only CPUs: most laptops) torch runs bf16 matrix products in a fallback kernel about 100x
+    slower than fp32 (`benchmarks/cpu_dtype.py` prints the ratio of the machine it runs on).
+    """
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_cpu_dtype(choice: str = "auto") -> str:
+    """"float32" or "bfloat16": the forced choice, or for "auto" the one this CPU runs fast."""
+    if choice not in CPU_DTYPE_CHOICES:
+        raise ValueError(f"cpu dtype must be one of {CPU_DTYPE_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def configure_cpu_run(config) -> str | None:
+    """Settings of a training run on a machine without CUDA; returns the compute dtype (None under CUDA).
+
+    - dtype: `+trainer.cpu_dtype` (auto | float32 | bfloat16; auto picks bf16 only where the CPU runs it
+      natively). float32 sets FSDP mixed precision (actor and reference) to fp32 and, through CPU_DTYPE_ENV,
+      makes every Ray worker turn verl's hard-coded bf16 autocasts into no-ops (see `_autocast_in_cpu_dtype`);
+    - data loading in the trainer process: verl starts 8 dataloader workers unless told otherwise, which a
+      laptop's few cores do not need (`data.dataloader_num_workers` is kept when set).
+    """
+    from omegaconf import open_dict
+
+    if torch.cuda.is_available():
+        return None
+    choice = config.trainer.get("cpu_dtype", "auto")
+    dtype = resolve_cpu_dtype(choice)
+    precision = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+    with open_dict(config):
+        for role in ("actor", "ref"):
+            fsdp_config = config.actor_rollout_ref[role].fsdp_config
+            fsdp_config.mixed_precision = {"param_dtype": precision, "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+        config.actor_rollout_ref.ref.fsdp_config.model_dtype = precision
+        if config.data.get("dataloader_num_workers") is None:
+            config.data.dataloader_num_workers = 0
+    os.environ[CPU_DTYPE_ENV] = dtype
+    reason = "forced by +trainer.cpu_dtype" if choice != "auto" else (
+        "this CPU has native bf16 (AVX512-BF16 or AMX)" if dtype == "bfloat16"
+        else "this CPU has no native bf16, where bf16 matrix products are ~100x slower")
+    print(f"CPU training in {dtype}: {reason}; dataloader workers: {config.data.dataloader_num_workers}", flush=True)
+    return dtype
 
 
 def _use_gloo_backend() -> None:
@@ -105,6 +156,24 @@ def _give_base_sharding_manager_timing() -> None:
         BaseShardingManager.timing = {}
 
 
+def _autocast_in_cpu_dtype() -> None:
+    # verl 0.4.1 runs the actor forward (dp_actor), the HF rollout and GRACE's embedding pass under a hard-coded
+    # `torch.autocast(dtype=torch.bfloat16)`: on a CPU run in float32 a bf16 autocast on the CPU becomes a no-op.
+    if os.environ.get(CPU_DTYPE_ENV) != "float32" or getattr(torch.autocast, "_grace_float32", False):
+        return
+    base = torch.autocast
+
+    class autocast(base):  # noqa: N801  (stands in for torch.autocast)
+        _grace_float32 = True
+
+        def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+            if device_type == "cpu" and dtype == torch.bfloat16:
+                enabled = False
+            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+    torch.autocast = autocast
+
+
 def apply() -> None:
     """Install every CPU adaptation in this process; does nothing when CUDA is available."""
     global _applied
@@ -123,6 +192,7 @@ def apply() -> None:
     _map_flash_attention_to_sdpa()
     _unpinned_cpu_offload_policy()
     _give_base_sharding_manager_timing()
+    _autocast_in_cpu_dtype()
     _applied = True
 
 
@@ -140,6 +210,8 @@ def init_ray(num_cpus: int | None, num_gpus: int) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": dict(RAY_ENV_VARS)}
+    if CPU_DTYPE_ENV in os.environ:
+        runtime_env["env_vars"][CPU_DTYPE_ENV] = os.environ[CPU_DTYPE_ENV]
     if torch.cuda.is_available():
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env)
         return

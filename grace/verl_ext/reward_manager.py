@@ -6,9 +6,16 @@ with the reference's names and defaults (temperature 0.7 when omitted; train.sh 
 1. group the rollouts: verl's `uid` (the GRPO groups); validation batches carry none, so rows with the same
    main prompt form a group there;
 2. one rationale per group for the query and, in supervised mode, the negative document (unsupervised: a second
-   rollout of the main prompt, the anchor), sampled by the actor workers at `rationale_temperature` (0.5);
-3. one embedding pass on the workers over the rollouts and those rationales (system prefix excluded);
+   rollout of the main prompt, the anchor), sampled by the actor workers at `rationale_temperature` (0.5; 0 is
+   greedy, which the TaskRunner uses for validation so that the validation reward is a fixed measurement);
+3. one embedding pass on the workers over the rollouts and those rationales, pooled over `pooling_span`
+   (`prompt+response`, the reference: system prefix excluded; or `response`: the generated tokens alone);
 4. `grace.reward.contrastive_rewards`, then the length penalty, placed on the last valid response token.
+
+Besides the reward components, each row carries what GRPO learns from: the standard deviation of the final
+reward in its group (`grace/group_reward_std`) and whether all of its group's rewards are equal
+(`grace/group_all_equal`); their batch means are the mean within-group spread and the fraction of groups that
+give no gradient.
 
 It needs the actor worker group (`attach_worker_group`, done by `GraceRayPPOTrainer.init_workers`), so it cannot
 run in verl's async reward task. It never hides a failure: verl 0.4.1 catches reward exceptions and calls the
@@ -23,7 +30,7 @@ from verl import DataProto
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.workers.reward_manager import register
 
-from grace.pooling import system_prefix_length
+from grace.pooling import POOLING_SPANS, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, token_id_list
 from grace.reward import apply_length_penalty, contrastive_rewards
 from grace.verl_ext.worker import REWARD_METRIC_PREFIX
@@ -42,6 +49,24 @@ def group_ids_of(data: DataProto) -> torch.Tensor:
         return torch.from_numpy(ids.astype(np.int64))
     _, ids = torch.unique(data.batch["prompts"], dim=0, return_inverse=True)
     return ids
+
+
+def group_reward_spread(rewards: torch.Tensor, group_of_row: torch.Tensor, groups: int):
+    """Per row: the (unbiased, as GRPO normalises) std of the rewards of its group, 0 for a group of one, and
+    1.0 where every reward of its group is equal, else 0.0."""
+    rewards = rewards.to(torch.float64)
+    counts = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of_row, torch.ones_like(rewards))
+    means = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of_row, rewards) / counts
+    squares = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_of_row, (rewards - means[group_of_row]) ** 2)
+    std = torch.where(counts > 1, squares / (counts - 1).clamp(min=1), torch.zeros_like(squares)).sqrt()
+    highest = torch.full((groups,), -torch.inf, dtype=torch.float64).scatter_reduce(0, group_of_row, rewards, "amax")
+    lowest = torch.full((groups,), torch.inf, dtype=torch.float64).scatter_reduce(0, group_of_row, rewards, "amin")
+    return std[group_of_row], (highest == lowest).to(torch.float64)[group_of_row]
+
+
+def _prompt_lengths(rows) -> torch.Tensor:
+    """Valid prompt tokens of verl prompt + response rows."""
+    return rows["attention_mask"][:, : rows["prompts"].shape[1]].sum(dim=-1)
 
 
 def _right_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -66,6 +91,7 @@ class HiddenRewardManager:
         enable_length_penalty: bool = True,
         variant: str = "reference",
         rationale_temperature: float = 0.5,
+        pooling_span: str = "prompt+response",
         eos_token_ids=None,
     ):
         del compute_score, reward_fn_key  # accepted for verl's loader; the reward is not per-sample
@@ -77,6 +103,9 @@ class HiddenRewardManager:
         self.enable_length_penalty = enable_length_penalty
         self.rationale_temperature = rationale_temperature
         self.eos_token_ids = token_id_list(eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id)
+        if pooling_span not in POOLING_SPANS:
+            raise ValueError(f"reward_kwargs.pooling_span must be one of {POOLING_SPANS}, got {pooling_span!r}")
+        self.pooling_span = pooling_span
         system_prompt = custom_prompt or SYSTEM_PROMPT
         self.prefix_len = system_prefix_length(tokenizer, system_prompt) if exclude_system_prompt else 0
         self.worker_group = None
@@ -111,12 +140,15 @@ class HiddenRewardManager:
         request = DataProto.from_dict(tensors=prompts, meta_info={"temperature": self.rationale_temperature})
         return self._call_workers("generate_rationales", request)
 
-    def _embed(self, streams: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    def _embed(self, streams) -> torch.Tensor:
+        """Embeddings of verl prompt + response rows (each stream a batch with `prompts` and SEQUENCE_KEYS)."""
         width = max(s["input_ids"].shape[1] for s in streams)
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "position_ids": 0}
         tensors = {key: torch.cat([_right_pad(s[key], width, pad_values[key]) for s in streams])
                    for key in SEQUENCE_KEYS}
-        request = DataProto.from_dict(tensors=tensors, meta_info={"prefix_len": self.prefix_len})
+        prompt_lengths = torch.cat([_prompt_lengths(s) for s in streams])
+        tensors["pool_skip"] = pooling_skip(prompt_lengths, self.pooling_span, self.prefix_len)
+        request = DataProto.from_dict(tensors=tensors)
         return self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
 
     # ------------------------------------------------------------------ the reward
@@ -145,8 +177,7 @@ class HiddenRewardManager:
         stacked = {key: torch.cat([d[key] for d in documents]) for key in SEQUENCE_KEYS}
         rationales = self._generate_rationales(stacked).batch
         groups = len(first_rows)
-        embeddings = self._embed([{key: batch[key] for key in SEQUENCE_KEYS},
-                                  {key: rationales[key] for key in SEQUENCE_KEYS}])
+        embeddings = self._embed([batch, rationales])
         main = embeddings[:size]
         query = embeddings[size : size + groups][group_of_row]
         negative = embeddings[size + groups :][group_of_row] if supervised else None
@@ -162,6 +193,9 @@ class HiddenRewardManager:
 
         extra_info = {f"{REWARD_METRIC_PREFIX}{name}": value.tolist() for name, value in parts.items()}
         extra_info[f"{REWARD_METRIC_PREFIX}length_penalized"] = (total != parts["total"]).float().tolist()
+        spread, all_equal = group_reward_spread(total, group_of_row, groups)
+        extra_info[f"{REWARD_METRIC_PREFIX}group_reward_std"] = spread.tolist()
+        extra_info[f"{REWARD_METRIC_PREFIX}group_all_equal"] = all_equal.tolist()
         self._print_examples(data, rationales, first_rows, group_of_row, parts, total)
         return reward_tensor, extra_info
 

@@ -4,7 +4,10 @@ verl 0.4.1 builds its role mapping inline in `main_ppo.TaskRunner.run`, so it ca
 runner does the same steps with our classes, and differs from verl's in two deliberate ways:
 - no reference policy is built when its output would be multiplied by zero (`use_kl_loss` with
   `kl_loss_coef=0` and no KL in the reward, as in the reference's train.sh, which still built and ran one);
-- the `hidden` manager's end-of-sequence ids come from the model's generation config (all of them).
+- the `hidden` manager's end-of-sequence ids come from the model's generation config (all of them);
+- the validation reward generates the query and negative rationales greedily, so that with verl's greedy
+  validation rollouts (`val_kwargs.do_sample=False`, the default) the validation reward is a deterministic
+  function of the policy on a fixed set of prompts: a learning curve, not a sample.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ class GraceTaskRunner:
         if config.reward_model.reward_manager == "hidden":
             reward_kwargs.setdefault("eos_token_ids", generation_eos_ids(get_generation_config(local_path), tokenizer))
         reward_fn = load_reward_manager(config, tokenizer, num_examine=0, **reward_kwargs)
-        val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1, **reward_kwargs)
+        val_kwargs = {**reward_kwargs, "rationale_temperature": 0.0} \
+            if config.reward_model.reward_manager == "hidden" else reward_kwargs
+        val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1, **val_kwargs)
 
         train_dataset = GraceRLDataset(config.data.train_files, tokenizer, config.data, processor)
         val_dataset = GraceRLDataset(config.data.val_files, tokenizer, config.data, processor)

@@ -3,7 +3,7 @@
 - `generate_rationales`: one sample per prompt at a given temperature, from the current policy and through the
   configured rollout (HF or vLLM): the query / negative-document rationales and the unsupervised anchor.
 - `compute_pooled_embeddings`: a no-grad forward of the current policy over prompt + response, pooled on the
-  worker with `grace.pooling`; only [rows, H] float32 leaves the worker, never per-token hidden states. Rows are
+  worker with `grace.pooling` over the span the manager chose (per-row `pool_skip`); only [rows, H] float32 leaves the worker, never per-token hidden states. Rows are
   split into micro-batches by the token budget of verl's log-prob pass
   (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`), whether or not dynamic batching is on.
 - `update_actor`: verl's update, plus the batch means of the reward components (the `grace/*` columns the
@@ -29,13 +29,14 @@ from grace.embedding import embed_sequences
 REWARD_METRIC_PREFIX = "grace/"
 
 
-def pooled_embeddings_in_token_budget(model, batch, prefix_len: int, max_token_len: int) -> torch.Tensor:
-    """Embeddings [B, H] of `batch` (input_ids, attention_mask, position_ids), forwarded in micro-batches of
-    at most `max_token_len` valid tokens and returned in the original row order."""
+def pooled_embeddings_in_token_budget(model, batch, max_token_len: int) -> torch.Tensor:
+    """Embeddings [B, H] of `batch` (input_ids, attention_mask, position_ids, and `pool_skip`: [B] leading valid
+    tokens left out of each row's mean), forwarded in micro-batches of at most `max_token_len` valid tokens and
+    returned in the original row order."""
     max_token_len = max(max_token_len, batch["attention_mask"].shape[-1])
-    micro_batches, indices = rearrange_micro_batches(batch.select("input_ids", "attention_mask", "position_ids"),
-                                                     max_token_len=max_token_len)
-    pooled = [embed_sequences(model, mb["input_ids"], mb["attention_mask"], mb["position_ids"], prefix_len)
+    micro_batches, indices = rearrange_micro_batches(
+        batch.select("input_ids", "attention_mask", "position_ids", "pool_skip"), max_token_len=max_token_len)
+    pooled = [embed_sequences(model, mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["pool_skip"])
               for mb in micro_batches]
     order = torch.tensor(get_reverse_idx([i for part in indices for i in part]), device=pooled[0].device)
     return torch.cat(pooled, dim=0)[order]
@@ -63,14 +64,15 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def generate_rationales(self, prompts: DataProto) -> DataProto:
-        """One rationale per prompt, sampled at `prompts.meta_info['temperature']`."""
-        prompts.meta_info["do_sample"] = True
+        """One rationale per prompt, sampled at `prompts.meta_info['temperature']` (greedy at 0)."""
+        prompts.meta_info["do_sample"] = prompts.meta_info["temperature"] > 0
         with self._one_sample_per_prompt(prompts.meta_info["temperature"]):
             return self.generate_sequences(prompts)
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def compute_pooled_embeddings(self, data: DataProto) -> DataProto:
-        """`embeddings` [B, H] float32 of prompt + response rows; `meta_info['prefix_len']` tokens are skipped."""
+        """`embeddings` [B, H] float32 of prompt + response rows; each row's first `pool_skip` valid tokens are
+        left out of the mean."""
         assert self._is_actor, "pooled embeddings come from the actor (the current policy)"
         if self.ulysses_sequence_parallel_size > 1:
             raise NotImplementedError("GRACE's embedding pass does not support Ulysses sequence parallelism")
@@ -81,11 +83,10 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
         module.eval()
         data = data.to(get_device_id())
         try:
+            # bf16 like verl's own forward passes; a float32 CPU run turns this autocast off (cpu_compat).
             with torch.autocast(device_type=get_device_name(), dtype=torch.bfloat16):
                 embeddings = pooled_embeddings_in_token_budget(
-                    module, data.batch, prefix_len=data.meta_info["prefix_len"],
-                    max_token_len=self.config.rollout.log_prob_max_token_len_per_gpu,
-                )
+                    module, data.batch, max_token_len=self.config.rollout.log_prob_max_token_len_per_gpu)
         finally:
             module.train(was_training)
             if self._is_offload_param:

@@ -1,0 +1,34 @@
+"""python -m grace.study CONFIG: run a study's arms (skipping finished ones, resuming interrupted training) and
+write OUT/<name>/report.md, results.json and plots. See `grace/study/runner.py` for the layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from grace.study.config import load_config
+from grace.study.runner import run_study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m grace.study", description=__doc__)
+    parser.add_argument("config", type=Path, help="study configuration (YAML or JSON; see grace/study/config.py)")
+    parser.add_argument("--out", type=Path, default=Path("study_out"), help="parent folder of the study's folder")
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (the report covers all done)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config)
+    if args.arms:
+        unknown = sorted(set(args.arms) - {arm.name for arm in config.arms})
+        if unknown:
+            raise SystemExit(f"--arms: {unknown} not in {args.config}")
+    report = run_study(config, args.config, args.out.resolve(), args.arms)
+    print(f"\nreport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

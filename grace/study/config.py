@@ -1,0 +1,121 @@
+"""A study's configuration: named arms on shared data, one held-out evaluation, read from a YAML (or JSON) file.
+
+    name: first
+    compare_to: base_rationale           # every other arm gets paired intervals against this one
+    data: {train_triples: 600, max_chars: 300, max_prompt: 192, val_size: 16}
+    evaluation: {retrieval_queries: 400, lee_documents: 50, perplexity_texts: 100, rationale_length: 48}
+    arms:
+      - {name: base_prompt_only, kind: base, rationale: false}
+      - {name: base_rationale, kind: base}
+      - {name: contrastive, kind: contrastive, rationale: false, settings: {examples: 64, epochs: 4}}
+      - {name: grace_demo, kind: grace, settings: {}}    # settings: flags of `python -m grace.demo`
+
+Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`; settings: examples, epochs, lr,
+batch_size) and `grace` (verl GRPO with the `hidden` reward through the demo's recipe; settings: the demo's
+training flags, such as steps, lr, prompts, rollouts, response_length, variant, val_every). Data, evaluation and
+the pooling span are the study's, shared by all arms. An unknown key anywhere is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from grace.pooling import POOLING_SPANS
+
+ARM_KINDS = ("base", "contrastive", "grace")
+CONTRASTIVE_SETTINGS = {"examples", "epochs", "lr", "batch_size"}
+# The demo's flags that the study decides for every arm (shared data, evaluation, output).
+STUDY_OWNED_DEMO_FLAGS = {"out", "model", "train_triples", "max_chars", "max_prompt", "val_size", "eval_size",
+                          "rationale_length", "pooling_span", "device"}
+
+
+@dataclass
+class ArmConfig:
+    name: str
+    kind: str
+    rationale: bool = True  # embed with a generated rationale (False: the prompt alone)
+    pooling_span: str = "prompt+response"  # in the reward (grace) and in the evaluation
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    train_triples: int = 600
+    max_chars: int = 300
+    max_prompt: int = 192
+    val_size: int = 16
+
+
+@dataclass
+class EvaluationConfig:
+    retrieval_queries: int = 400
+    lee_documents: int = 50
+    perplexity_texts: int = 100
+    rationale_length: int = 48
+    batch_size: int = 16
+    bootstrap_resamples: int = 2000
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    arms: list[ArmConfig]
+    compare_to: str = "base_rationale"
+    model: str | None = None  # default: the packaged SmolLM2-135M-Instruct
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def arm(self, name: str) -> ArmConfig:
+        return next(arm for arm in self.arms if arm.name == name)
+
+
+def _build(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def validate_arm(arm: ArmConfig, demo_flags: set[str]) -> None:
+    where = f"arm {arm.name!r}"
+    if arm.kind not in ARM_KINDS:
+        raise ValueError(f"{where}: kind must be one of {ARM_KINDS}, got {arm.kind!r}")
+    if arm.pooling_span not in POOLING_SPANS:
+        raise ValueError(f"{where}: pooling_span must be one of {POOLING_SPANS}, got {arm.pooling_span!r}")
+    if arm.pooling_span == "response" and not arm.rationale:
+        raise ValueError(f"{where}: pooling_span 'response' pools the rationale alone and needs rationale: true")
+    allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": demo_flags - STUDY_OWNED_DEMO_FLAGS}
+    unknown = sorted(set(arm.settings) - allowed[arm.kind])
+    if unknown:
+        raise ValueError(f"{where}: settings {unknown} do not apply to a {arm.kind} arm; allowed: "
+                         f"{sorted(allowed[arm.kind]) or 'none'}")
+
+
+def load_config(path: Path) -> StudyConfig:
+    from grace.demo import build_parser
+
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(raw, dict) or "arms" not in raw or "name" not in raw:
+        raise ValueError(f"{path}: a study needs `name` and `arms`")
+    values = dict(raw)
+    values["arms"] = [_build(ArmConfig, arm, f"{path}: arms[{i}]") for i, arm in enumerate(raw["arms"] or [])]
+    values["data"] = _build(DataConfig, raw.get("data") or {}, f"{path}: data")
+    values["evaluation"] = _build(EvaluationConfig, raw.get("evaluation") or {}, f"{path}: evaluation")
+    config = _build(StudyConfig, values, str(path))
+    names = [arm.name for arm in config.arms]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{path}: arm names must be present and unique, got {names}")
+    demo_flags = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    for arm in config.arms:
+        validate_arm(arm, demo_flags)
+    if config.compare_to not in names:
+        raise ValueError(f"{path}: compare_to={config.compare_to!r} is not an arm ({names})")
+    return config

@@ -1,0 +1,186 @@
+"""A study's report.md and plots, from its results.json alone (so a report can be rebuilt without re-running)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+from grace.study.config import StudyConfig
+from grace.study.stats import trend_verdict
+
+
+def machine_description() -> str:
+    """CPU model, cores, native bf16 and torch version: the context every timing needs."""
+    import torch
+
+    from grace.verl_ext.cpu_compat import cpu_has_native_bf16
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
+                     platform.processor() or "unknown CPU")
+    except (OSError, subprocess.CalledProcessError):
+        model = platform.processor() or "unknown CPU"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model}, {torch.get_num_threads()} torch threads, native bf16: "
+            f"{'yes' if cpu_has_native_bf16() else 'no'}; {gpu}; torch {torch.__version__}")
+
+
+def _interval(values: dict) -> str:
+    return f"{values['diff']:+.1f} [{values['ci_low']:+.1f}, {values['ci_high']:+.1f}]"
+
+
+def _verdict(values: dict) -> str:
+    if values["ci_low"] > 0:
+        return "better"
+    if values["ci_high"] < 0:
+        return "worse"
+    return "no difference shown"
+
+
+def _task_names(results: dict) -> list[str]:
+    return list(dict.fromkeys(task for arm in results["arms"].values() for task in arm["tasks"]))
+
+
+def plot_validation(results: dict, path: Path) -> bool:
+    curves = {name: arm["validation_reward"] for name, arm in results["arms"].items()
+              if arm.get("validation_reward", {}).get("at_steps")}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for name, curve in curves.items():
+        label = f"{name}: {curve['slope']:+.4f} ± {curve['se']:.4f}/step" if not math.isnan(curve["slope"]) else name
+        axis.plot(curve["at_steps"], curve["values"], marker="o", label=label)
+    axis.set_xlabel("training step")
+    axis.set_ylabel("GRACE reward, fixed validation prompts")
+    axis.set_title("Validation reward (greedy rationales) per GRACE arm")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_scores(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, arms = _task_names(results), list(results["arms"])
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.5), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        names = [a for a in arms if task in results["arms"][a]["tasks"]]
+        rows = [results["arms"][a]["tasks"][task] for a in names]
+        scores = [r["score"] for r in rows]
+        errors = [[s - r["score_ci"][0] for s, r in zip(scores, rows)], [r["score_ci"][1] - s for s, r in zip(scores, rows)]]
+        axis.bar(range(len(names)), scores, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        axis.set_title(f"{task} ({rows[0]['metric']}, n={rows[0]['n']})", fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle("Held-out scores per arm (bars: 95% bootstrap intervals)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _arm_details(name: str, arm: dict) -> list[str]:
+    lines = [f"### {name}", "", f"- kind: {arm['kind']}; embedding: {'rationale' if arm['rationale'] else 'prompt only'}"
+             f", pooling span {arm['pooling_span']}"]
+    if arm.get("settings"):
+        lines.append(f"- settings: `{json.dumps(arm['settings'], sort_keys=True)}`")
+    training = arm.get("training", {})
+    if "loss_before" in training:
+        lines.append(f"- contrastive loss on its training triples: {training['loss_before']:.4f} -> "
+                     f"{training['loss_after']:.4f} ({training['optimizer_steps']} optimizer steps)")
+    if "grace/total" in training and training["grace/total"]:
+        def first_last(key):
+            values = [v for v in training.get(key, []) if v is not None]
+            return f"{values[0]:.3f} -> {values[-1]:.3f}" if values else "n/a"
+
+        def mean(key):
+            values = [v for v in training.get(key, []) if v is not None]
+            return f"{sum(values) / len(values):.3f}" if values else "n/a"
+
+        lines.append(f"- training steps: {len(training['grace/total'])}; train reward {first_last('grace/total')}; "
+                     f"mean within-group reward std {mean('grace/group_reward_std')}; mean fraction of flat groups "
+                     f"{mean('grace/group_all_equal')}; entropy {first_last('actor/entropy')}; response length "
+                     f"{first_last('response_length/mean')}")
+    validation = arm.get("validation_reward")
+    if validation and validation["steps"]:
+        points = ", ".join(f"{s}: {v:+.3f}" for s, v in zip(validation["at_steps"], validation["values"]))
+        lines.append(f"- validation reward at steps {points}; slope {validation['slope']:+.4f} ± {validation['se']:.4f}"
+                     f": {trend_verdict(validation['slope'], validation['se'])}")
+    for task, values in arm["tasks"].items():
+        extra = ", ".join(f"{k} {v:.2f}" for k, v in values.items()
+                          if k not in ("metric", "score", "n", "score_ci") and isinstance(v, float))
+        if extra:
+            lines.append(f"- {task}: {extra}")
+    lines.append(f"- wall time: training {arm.get('train_seconds', 0):.0f} s, evaluation {arm['eval_seconds']:.0f} s")
+    return lines + [""]
+
+
+def write_report(config: StudyConfig, results: dict, study_dir: Path, config_path: Path) -> Path:
+    tasks, compare = _task_names(results), results["compare_to"]
+    key = f"vs_{compare}"
+    lines = [f"# Study `{config.name}`", "",
+             f"Reproduce: `python -m grace.study {config_path}` (the configuration is at the end of this report). "
+             f"Machine: {machine_description()}.", "",
+             f"Every arm is scored on the same held-out items (never in training data); differences are against "
+             f"`{compare}`, as paired bootstrap 95% intervals ({config.evaluation.bootstrap_resamples} resamples of the "
+             f"queries or sentence pairs). Score columns carry their own 95% bootstrap interval.", "",
+             "## Results", ""]
+    header = ["arm"]
+    for task in tasks:
+        header += [f"{task} ", f"Δ vs {compare}"]
+    header += ["perplexity", "validation slope ± SE", "train s", "eval s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, arm in results["arms"].items():
+        cells = [name]
+        for task in tasks:
+            values = arm["tasks"].get(task)
+            if values is None:
+                cells += ["-", "-"]
+                continue
+            cells.append(f"{values['score']:.1f} [{values['score_ci'][0]:.1f}, {values['score_ci'][1]:.1f}]")
+            cells.append(_interval(values[key]) if key in values else "(reference)")
+        validation = arm.get("validation_reward")
+        cells.append(f"{arm['perplexity']:.2f}")
+        cells.append(f"{validation['slope']:+.4f} ± {validation['se']:.4f}" if validation and validation["steps"] >= 3
+                     else "-")
+        cells += [f"{arm.get('train_seconds', 0):.0f}", f"{arm['eval_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first_arm = next(iter(results["arms"].values()), None)
+    if first_arm:
+        lines += ["", "Metrics: " + "; ".join(f"{task}: {values['metric']} x 100, n = {values['n']}"
+                                             for task, values in first_arm["tasks"].items())
+                  + "; perplexity: held-out Wikipedia extracts (generative retention)."]
+    lines += ["", "## In words", ""]
+    for name, arm in results["arms"].items():
+        for task, values in arm["tasks"].items():
+            if key in values:
+                lines.append(f"- {name} vs {compare} on {task}: {_verdict(values[key])} "
+                             f"({values['metric']} {_interval(values[key])}).")
+    if results["not_run"]:
+        lines += ["", f"Arms in the configuration that have not run yet: {', '.join(results['not_run'])}."]
+    if plot_validation(results, study_dir / "validation_reward.png"):
+        lines += ["", "## Validation reward", "", "![validation reward](validation_reward.png)"]
+    if results["arms"]:
+        plot_scores(results, study_dir / "scores.png")
+        lines += ["", "## Scores", "", "![scores](scores.png)"]
+    lines += ["", "## Arms", ""]
+    for name, arm in results["arms"].items():
+        lines += _arm_details(name, arm)
+    lines += ["## Configuration", "", "```yaml", (study_dir / "config.yaml").read_text().strip(), "```", ""]
+    report = study_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

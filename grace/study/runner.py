@@ -1,0 +1,198 @@
+"""Run a study: every arm on the same data and budget, scored on the same held-out items, compared with paired
+bootstrap intervals.
+
+Layout of OUT/<name>/ (OUT defaults to study_out):
+    config.yaml                the study's configuration, as run
+    data/                      the shared training data (the demo's preparation)
+    rationales.sqlite          rationales of every evaluation, keyed by model and generation settings
+    arms/<arm>/                training output (checkpoints, metrics.jsonl, logs, trained_model/) and
+                               result.json + units.npz once the arm is evaluated
+    results.json, report.md, validation_reward.png, scores.png
+
+An arm with a result.json is skipped on a re-run; a GRACE arm whose training was interrupted resumes from its
+latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm retrains (minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grace.study.config import StudyConfig
+from grace.study.heldout import STATISTICS, HeldOutEvaluation
+from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap
+
+GRACE_SAVE_EVERY = 4  # checkpoint interval of GRACE arms, so that an interrupted arm loses at most this many steps
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def demo_arguments(config: StudyConfig, arm, model: Path, arm_dir: Path):
+    """The demo's flags for a GRACE arm: its defaults, the arm's settings, and the study's shared values."""
+    from grace.demo import build_parser, compute_dtype
+
+    args = build_parser().parse_args([])
+    for key, value in arm.settings.items():
+        setattr(args, key, value)
+    data = config.data
+    args.out, args.model, args.device = arm_dir, str(model), device()
+    args.train_triples, args.max_chars, args.max_prompt, args.val_size = (
+        data.train_triples, data.max_chars, data.max_prompt, data.val_size)
+    args.rationale_length, args.pooling_span = config.evaluation.rationale_length, arm.pooling_span
+    args.save_every = args.save_every or GRACE_SAVE_EVERY
+    args.compute_dtype = compute_dtype(args)
+    return args
+
+
+def prepare_data(config: StudyConfig, model: Path, study_dir: Path) -> Path:
+    from grace.demo import build_parser
+    from grace.demo import prepare_data as demo_prepare_data
+
+    folder = study_dir / "data" / "data" / "filtered"
+    if (folder / "train.parquet").exists() and (folder / "test.parquet").exists():
+        return folder
+    shutil.rmtree(study_dir / "data", ignore_errors=True)
+    args = build_parser().parse_args([])
+    args.train_triples, args.max_chars, args.max_prompt, args.val_size = (
+        config.data.train_triples, config.data.max_chars, config.data.max_prompt, config.data.val_size)
+    return demo_prepare_data(args, study_dir / "data", model)
+
+
+def train_grace(config: StudyConfig, arm, model: Path, data: Path, arm_dir: Path) -> tuple[Path, dict]:
+    """Train (or resume) and merge; returns the merged model and the arm's settings and training record."""
+    from grace.demo import merge, read_metrics, train, validation_curve
+
+    args = demo_arguments(config, arm, model, arm_dir)
+    trained = arm_dir / "trained_model"
+    if not (trained / "config.json").exists():
+        train(args, data, model, arm_dir, label=arm.name)
+        merge(arm_dir, model)
+    metrics = read_metrics(arm_dir / "metrics.jsonl")
+    steps, values = validation_curve(metrics)
+    slope, error = linear_trend(values, steps)
+    training_steps = [m for m in metrics if "timing_s/step" in m]
+    record = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "model")},
+        "train_seconds": sum(m["timing_s/step"] for m in training_steps),
+        "validation_reward": {"slope": slope, "se": error, "steps": len(steps), "at_steps": steps, "values": values},
+        "training": {name: [m.get(name) for m in training_steps] for name in
+                     ("grace/total", "grace/positive", "grace/group_reward_std", "grace/group_all_equal",
+                      "actor/entropy", "response_length/mean")},
+    }
+    return trained, record
+
+
+def train_contrastive_arm(config: StudyConfig, arm, model: Path, data: Path, arm_dir: Path) -> tuple[Path, dict]:
+    from grace.study.contrastive import read_triples, train_contrastive
+
+    settings = {"examples": 64, "epochs": 1, "lr": 2e-5, "batch_size": 8, **arm.settings}
+    trained = arm_dir / "trained_model"
+    triples = read_triples(data / "train.parquet", settings["examples"], config.seed)
+    summary = train_contrastive(model, triples, trained, settings["epochs"], settings["lr"], settings["batch_size"],
+                                config.seed)
+    return trained, {"settings": settings, "train_seconds": summary["train_seconds"],
+                     "training": {k: summary[k] for k in ("loss_before", "loss_after", "optimizer_steps", "losses")}}
+
+
+def evaluate_arm(config: StudyConfig, arm, model_path: Path, evaluation: HeldOutEvaluation, cache: Path):
+    from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
+    from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
+    from grace.study.perplexity import held_out_texts, perplexity
+
+    settings = EncoderSettings(pooling_span=arm.pooling_span,
+                               generation=GenerationSettings(max_new_tokens=config.evaluation.rationale_length))
+    encoder = GraceEncoder.from_pretrained(model_path, backend="hf", device=device(), settings=settings)
+    encoder.rationale_cache = RationaleCache(cache, encoder_namespace(model_path, settings))
+    batch = config.evaluation.batch_size
+    tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
+                                                             show_progress_bar=True))
+    return tasks, perplexity(encoder.model, encoder.tokenizer, held_out_texts(config.evaluation.perplexity_texts))
+
+
+def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, evaluation: HeldOutEvaluation) -> None:
+    arm_dir = study_dir / "arms" / arm.name
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    record = {"kind": arm.kind, "rationale": arm.rationale, "pooling_span": arm.pooling_span, "settings": {}}
+    model_path = model
+    if arm.kind == "grace":
+        model_path, trained = train_grace(config, arm, model, data, arm_dir)
+        record.update(trained)
+    elif arm.kind == "contrastive":
+        model_path, trained = train_contrastive_arm(config, arm, model, data, arm_dir)
+        record.update(trained)
+    print(f"[{arm.name}] evaluating on the held-out tasks", flush=True)
+    evaluated = time.perf_counter()
+    tasks, held_out_perplexity = evaluate_arm(config, arm, model_path, evaluation, study_dir / "rationales.sqlite")
+    record["eval_seconds"] = time.perf_counter() - evaluated
+    record["wall_seconds"] = time.perf_counter() - started  # of this run (a resumed arm's earlier runs not counted)
+    record["perplexity"] = held_out_perplexity
+    record["tasks"] = {name: {"metric": t.metric, "score": t.score, "n": t.n, **t.extra} for name, t in tasks.items()}
+    np.savez(arm_dir / "units.npz", **{name: t.units for name, t in tasks.items()})
+    (arm_dir / "result.json").write_text(json.dumps(record, indent=1))  # written last: it marks the arm as done
+    summary = ", ".join(f"{name} {t.metric} {t.score:.1f}" for name, t in tasks.items())
+    print(f"[{arm.name}] {summary}, perplexity {held_out_perplexity:.2f}", flush=True)
+
+
+def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    arm_dir = study_dir / "arms" / name
+    if not (arm_dir / "result.json").exists():
+        return None
+    with np.load(arm_dir / "units.npz") as units:
+        return json.loads((arm_dir / "result.json").read_text()), {k: units[k] for k in units.files}
+
+
+def collect_results(config: StudyConfig, study_dir: Path) -> dict:
+    """results.json: every finished arm, its scores with error bars, and paired intervals against `compare_to`."""
+    loaded = {arm.name: load_arm(study_dir, arm.name) for arm in config.arms}
+    reference = loaded.get(config.compare_to)
+    resamples, arms = config.evaluation.bootstrap_resamples, {}
+    for name, entry in loaded.items():
+        if entry is None:
+            continue
+        record, units = entry
+        for task, values in record["tasks"].items():
+            statistic = STATISTICS[values["metric"]]
+            low, high = bootstrap_interval(units[task], statistic, resamples, config.seed)
+            values["score_ci"] = [low, high]
+            if reference is not None and name != config.compare_to:
+                values[f"vs_{config.compare_to}"] = paired_bootstrap(units[task], reference[1][task], statistic,
+                                                                     resamples, config.seed)
+        arms[name] = record
+    return {"study": config.name, "compare_to": config.compare_to, "arms": arms,
+            "not_run": [arm.name for arm in config.arms if loaded[arm.name] is None]}
+
+
+def run_study(config: StudyConfig, config_path: Path, out: Path, only: list[str] | None = None) -> Path:
+    """Run the arms not yet done (all, or those in `only`), then write results.json, the report and plots."""
+    from grace.study.report import write_report
+
+    study_dir = out / config.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "config.yaml").write_text(Path(config_path).read_text(encoding="utf-8"))
+    if config.model is None:
+        from grace.data.assets import smollm2_hf_folder
+
+        model = smollm2_hf_folder()
+    else:
+        model = Path(config.model).resolve()
+    pending = [arm for arm in config.arms if (only is None or arm.name in only)
+               and not (study_dir / "arms" / arm.name / "result.json").exists()]
+    print(f"[study {config.name}] {len(config.arms)} arms, {len(pending)} to run: "
+          f"{', '.join(a.name for a in pending) or 'none'}", flush=True)
+    if pending:
+        data = prepare_data(config, model, study_dir) if any(a.kind != "base" for a in pending) else None
+        evaluation = HeldOutEvaluation(config.evaluation.retrieval_queries, config.evaluation.lee_documents)
+        for number, arm in enumerate(pending, start=1):
+            print(f"\n=== [study {config.name}] arm {number}/{len(pending)}: {arm.name} ({arm.kind})", flush=True)
+            run_arm(config, arm, model, data, study_dir, evaluation)
+    results = collect_results(config, study_dir)
+    (study_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return write_report(config, results, study_dir, config_path)

@@ -1,0 +1,200 @@
+"""grace.study: statistics against known answers, per-item scores against mteb, perplexity against the model's own
+loss, the contrastive baseline on a tiny model, headroom's best-of-n, and configuration errors."""
+
+import json
+import math
+
+import mteb
+import numpy as np
+import pytest
+import torch
+from scipy.stats import linregress
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
+from grace.evaluation.local_tasks import local_tasks
+from grace.evaluation.mteb_model import GraceMTEBModel
+from grace.study import headroom
+from grace.study.config import load_config
+from grace.study.contrastive import build_model, read_triples, train_contrastive
+from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
+from grace.study.perplexity import perplexity
+from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, trend_verdict
+from tests.training import write_tiny_dataset
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_linear_trend_against_scipy_and_known_lines():
+    assert linear_trend([1.0, 2.0, 3.0, 4.0]) == pytest.approx((1.0, 0.0))
+    values, steps = [1.0, 3.0, 1.0, 3.0, 1.0, 3.0, 2.0, 0.5], [0, 4, 8, 12, 16, 20, 24, 28]
+    expected = linregress(steps, values)
+    assert linear_trend(values, steps) == pytest.approx((expected.slope, expected.stderr))
+    assert math.isnan(linear_trend([1.0, 2.0])[0])
+    assert "rose" in trend_verdict(1.0, 0.1) and "fell" in trend_verdict(-1.0, 0.1)
+    assert "no clear trend" in trend_verdict(0.1, 0.1) and "too few" in trend_verdict(float("nan"), float("nan"))
+    with pytest.raises(ValueError, match="3 values but 2 steps"):
+        linear_trend([1, 2, 3], [1, 2])
+
+
+def test_paired_bootstrap_known_cases():
+    rng = np.random.default_rng(0)
+    hits = (rng.random(300) < 0.6).astype(float)
+    identical = paired_bootstrap(hits, hits.copy())
+    assert identical["diff"] == 0 and identical["ci_low"] <= 0 <= identical["ci_high"]
+    shifted = paired_bootstrap(hits + 0.25, hits)  # a constant shift of every unit is the difference, exactly
+    assert shifted["diff"] == pytest.approx(0.25) and shifted["ci_low"] == pytest.approx(0.25)
+    assert shifted["ci_high"] == pytest.approx(0.25) and shifted["n"] == 300
+    other = (rng.random(300) < 0.4).astype(float)
+    noisy = paired_bootstrap(hits, other)
+    assert noisy["ci_low"] < noisy["diff"] < noisy["ci_high"] and noisy["ci_low"] > 0  # 60% vs 40% at n=300
+    low, high = bootstrap_interval(hits)
+    assert low < hits.mean() < high
+    with pytest.raises(ValueError, match="differ in number"):
+        paired_bootstrap(hits, hits[:-1])
+
+
+def test_spearman_bootstrap_resamples_pairs_as_rows():
+    gold = np.linspace(0, 1, 50)
+    units_a = np.stack([gold + 0.01 * np.sin(np.arange(50)), gold], axis=1)  # nearly perfect ranking
+    units_b = np.stack([gold[::-1], gold], axis=1)                            # reversed
+    result = paired_bootstrap(units_a, units_b, spearman_of_units, resamples=300)
+    assert result["diff"] == pytest.approx(spearman_of_units(units_a) + 100)
+    assert result["ci_low"] > 150
+
+
+# ---------------------------------------------------------------------------------------------- held-out scores
+def test_retrieval_per_query_by_hand():
+    queries = np.eye(3, dtype=np.float32)
+    documents = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0.2, 1]], dtype=np.float32)
+    documents /= np.linalg.norm(documents, axis=1, keepdims=True)
+    result = retrieval_per_query(queries, documents)
+    assert result["hit_at_1"].tolist() == [1.0, 0.0, 1.0]
+    # query 1 (the y axis): doc 2 (0.196) beats its relevant doc 1 (0.110), doc 0 (0.0) does not: rank 2
+    assert result["reciprocal_rank"].tolist() == pytest.approx([1.0, 1 / 2, 1.0])
+    assert result["ndcg_at_10"].tolist() == pytest.approx([1.0, 1 / math.log2(3), 1.0])
+
+
+def test_held_out_scores_equal_mteb_on_the_same_items(tiny_model_path):
+    encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", device="cpu")
+    scores = HeldOutEvaluation(retrieval_queries=12, lee_documents=8).evaluate(
+        lambda texts: encoder.encode(texts, rationale=False))
+    model = GraceMTEBModel(encoder, "tiny", rationale=False)
+    for task in local_tasks(["WikiDescriptionRetrieval", "LeeSTS"], size=12):
+        if task.metadata.name == "LeeSTS":
+            task.documents = 8
+        result = mteb.evaluate(model, task, cache=None).task_results[0]  # scores rounded to 5 decimals
+        if task.metadata.name == "LeeSTS":
+            assert scores["LeeSTS"].score == pytest.approx(100 * result.get_score(), abs=1e-3)
+            assert scores["LeeSTS"].n == 28
+        else:
+            expected = 100 * result.get_score(getter=lambda s: s["hit_rate_at_1"])
+            assert scores["WikiDescriptionRetrieval"].score == pytest.approx(expected, abs=1e-3)
+            assert scores["WikiDescriptionRetrieval"].extra["ndcg_at_10"] == pytest.approx(
+                100 * result.get_score(), abs=1e-3)
+    assert scores["WikiDescriptionRetrieval"].n == 12
+
+
+def test_perplexity_equals_the_models_own_loss(tiny_model_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    texts = ["The cat sat on the mat and looked outside.", "Paris is the capital of France.", "Short text here."]
+    total, count = 0.0, 0
+    for text in texts:  # the oracle: the model's built-in loss, one text at a time, weighted by predicted tokens
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(total / count), rel=1e-5)
+    with pytest.raises(ValueError, match="no text"):
+        perplexity(model, tokenizer, [])
+
+
+# ---------------------------------------------------------------------------------------------- contrastive baseline
+def test_contrastive_baseline_trains_every_parameter_and_lowers_its_loss(tiny_model_path, tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8, test_rows=1)
+    triples = read_triples(data / "train.parquet", examples=8, seed=0)
+    assert len(triples) == 8 and all(len(t) == 3 and all(isinstance(x, str) and x for x in t) for t in triples)
+    initial = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict().items()}
+    summary = train_contrastive(tiny_model_path, triples, tmp_path / "out", epochs=3, lr=1e-3, batch_size=4)
+    assert summary["loss_after"] < summary["loss_before"] and summary["optimizer_steps"] == 6
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    unchanged = [k for k, v in trained.state_dict().items() if torch.equal(v, initial[k])]
+    assert unchanged == []
+    # The saved model embeds through GraceEncoder exactly as the trained sentence-transformers model did.
+    encoder = GraceEncoder.from_pretrained(tmp_path / "out", backend="hf", device="cpu")
+    st_model = build_model(tmp_path / "out")
+    texts = [t[0] for t in triples[:3]]
+    np.testing.assert_allclose(encoder.encode(texts, rationale=False), st_model.encode(texts), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="9 training examples asked for"):
+        read_triples(data / "train.parquet", examples=9)
+
+
+# ---------------------------------------------------------------------------------------------- headroom
+def test_headroom_best_of_n_is_the_highest_reward_sample(tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "headroom"
+    assert headroom.main(["--model", str(tiny_model_path), "--documents", "6", "--n", "3", "--rationale_length", "5",
+                          "--batch_size", "6", "--out", str(out)]) == 0
+    result = json.loads((out / "headroom.json").read_text())
+    assert set(result["spans"]) == {"prompt+response", "response"}
+    for span in result["spans"].values():
+        for variant in ("reference", "infonce"):
+            entry = span["variants"][variant]
+            rewards = np.array(entry["rewards"])
+            assert rewards.shape == (6, 3) and np.isfinite(rewards).all()
+            assert entry["best_index"] == rewards.argmax(axis=1).tolist()
+            assert 0 <= entry["best_accuracy_at_1"] <= 100
+    assert "| response | infonce |" in (out / "headroom.md").read_text()
+    # The sampled rewards are the training reward of each sample in batches of documents.
+    main = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)
+    query, negative = main[:, 0] + 0.1, main[:, 1] - 0.1
+    got = headroom.sample_rewards(main, query, negative, "reference", groups_per_batch=2, temperature=0.1)
+    from grace.reward import contrastive_rewards
+
+    first = contrastive_rewards(torch.from_numpy(main[:2].reshape(6, 5)), torch.from_numpy(np.repeat(query[:2], 3, 0)),
+                                torch.from_numpy(np.repeat(negative[:2], 3, 0)), torch.arange(2).repeat_interleave(3),
+                                mode="supervised", temperature=0.1)["total"]
+    np.testing.assert_allclose(got[:2].reshape(-1), first.double().numpy(), rtol=1e-6)
+
+
+def test_headroom_hard_negatives_share_the_topic():
+    articles = [{"topic": t} for t in ["a", "a", "b", "b", "b", "c"]]
+    negatives = headroom.hard_negatives(articles, seed=1)
+    for i, j in enumerate(negatives):
+        assert i != j
+        if i != 5:
+            assert articles[i]["topic"] == articles[j]["topic"]
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def write_config(tmp_path, text: str):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_study_config_loads_and_reports_mistakes(tmp_path):
+    arms = ("arms:\n  - {name: base_rationale, kind: base}\n"
+            "  - {name: g, kind: grace, pooling_span: response, settings: {steps: 3, lr: 0.001}}\n")
+    config = load_config(write_config(tmp_path, "name: s\n" + arms))
+    assert config.arm("g").settings == {"steps": 3, "lr": 0.001} and config.evaluation.retrieval_queries == 400
+    mistakes = {
+        "name: s\nunknown: 1\n" + arms: "unknown key",
+        "name: s\narms:\n  - {name: a, kind: magic}\ncompare_to: a\n": "kind must be one of",
+        "name: s\narms:\n  - {name: base_rationale, kind: grace, settings: {speed: 3}}\n": "speed",
+        "name: s\narms:\n  - {name: base_rationale, kind: grace, settings: {train_triples: 3}}\n": "train_triples",
+        "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: base_rationale, kind: base}\n": "unique",
+        "name: s\narms:\n  - {name: a, kind: base}\n": "compare_to",
+        "name: s\narms:\n  - {name: base_rationale, kind: base, rationale: false, pooling_span: response}\n":
+            "needs rationale",
+        "name: s\nevaluation: {queries: 3}\n" + arms: "evaluation: unknown key",
+    }
+    for text, message in mistakes.items():
+        with pytest.raises(ValueError, match=message):
+            load_config(write_config(tmp_path, text))
+
+
+def test_committed_study_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
+        assert load_config(path).arms

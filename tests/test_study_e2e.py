@@ -1,0 +1,71 @@
+"""`python -m grace.study` end to end on the tiny model: every arm kind, results.json in its schema, finished arms
+skipped on a re-run, an interrupted GRACE arm resumed from its checkpoint."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from grace.study.__main__ import main as study_main
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(path, model, grace_steps):
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "model": str(model), "compare_to": "base_rationale",
+        "data": {"train_triples": 40, "max_chars": 200, "max_prompt": 320, "val_size": 4},
+        "evaluation": {"retrieval_queries": 10, "lee_documents": 6, "perplexity_texts": 4, "rationale_length": 4,
+                       "batch_size": 8, "bootstrap_resamples": 200},
+        "arms": [{"name": "base_prompt_only", "kind": "base", "rationale": False},
+                 {"name": "base_rationale", "kind": "base"},
+                 {"name": "contrastive", "kind": "contrastive", "rationale": False,
+                  "settings": {"examples": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4}},
+                 {"name": "grace", "kind": "grace", "pooling_span": "response",
+                  "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
+                               "lr": 1e-3}}]}))
+    return path
+
+
+def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "study_out"
+    config = write_config(tmp_path / "study.yaml", tiny_model_path, grace_steps=2)
+    assert study_main([str(config), "--out", str(out)]) == 0
+    results = json.loads((out / "tiny/results.json").read_text())
+    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "contrastive", "grace"]
+    assert results["not_run"] == []
+    for name, arm in results["arms"].items():
+        assert arm["wall_seconds"] > 0 and math.isfinite(arm["perplexity"])
+        assert set(arm["tasks"]) == {"WikiDescriptionRetrieval", "LeeSTS"}
+        for task in arm["tasks"].values():
+            assert {"metric", "score", "n"} <= set(task)
+            comparison = task.get("vs_base_rationale")
+            assert (comparison is None) == (name == "base_rationale")
+            if comparison:
+                assert comparison["ci_low"] <= comparison["diff"] <= comparison["ci_high"]
+    assert results["arms"]["base_prompt_only"]["perplexity"] == results["arms"]["base_rationale"]["perplexity"]
+    grace = results["arms"]["grace"]
+    assert grace["validation_reward"]["steps"] == 3 and grace["validation_reward"]["at_steps"] == [0, 1, 2]
+    assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
+    assert grace["settings"]["cpu_dtype"] == "auto"
+    assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
+    report = (out / "tiny/report.md").read_text()
+    assert "| grace |" in report and "validation_reward.png" in report and "## In words" in report
+    assert (out / "tiny/scores.png").exists() and (out / "tiny/validation_reward.png").exists()
+
+    # Re-run: finished arms are skipped. An interrupted GRACE arm (no result, no merged model) resumes training
+    # from its latest checkpoint instead of starting again.
+    grace_dir = out / "tiny/arms/grace"
+    (grace_dir / "result.json").unlink()
+    for path in sorted((grace_dir / "trained_model").iterdir()):
+        path.unlink()
+    (grace_dir / "trained_model").rmdir()
+    write_config(config, tiny_model_path, grace_steps=3)
+    capsys.readouterr()
+    assert study_main([str(config), "--out", str(out)]) == 0
+    assert "4 arms, 1 to run: grace" in capsys.readouterr().out
+    assert "global_step_2" in (grace_dir / "logs/train.log").read_text().split("Load from checkpoint folder")[-1]
+    resumed = json.loads((out / "tiny/results.json").read_text())["arms"]["grace"]
+    assert resumed["validation_reward"]["at_steps"] == [0, 1, 2, 3]
+    assert len(resumed["training"]["grace/total"]) == 3
