@@ -189,11 +189,7 @@ def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
         if all(key in m for m in metrics):
             axis.plot(steps, [m[key] for m in metrics], marker="o", markersize=3, label=name,
                       linewidth=2.5 if name == "total" else 1.2)
-    totals = [m["grace/total"] for m in metrics]
-    if not math.isnan(slope):
-        mean_step, mean_total = sum(steps) / len(steps), sum(totals) / len(totals)
-        axis.plot(steps, [mean_total + slope * (s - mean_step) for s in steps], "k--", linewidth=1,
-                  label=f"fit of total ({slope:+.3f}/step)")
+    plot_fit(axis, steps, [m["grace/total"] for m in metrics], slope, f"fit of total ({slope:+.3f}/step)")
     axis.set_xlabel("training step")
     axis.set_ylabel("reward component (batch mean, after 1/temperature)")
     axis.set_title("GRACE reward components during the demo run")
@@ -204,7 +200,14 @@ def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_validation(metrics: list[dict], path: Path, title: str = "GRACE reward on the fixed validation set") -> None:
+def plot_fit(axis, steps: list[int], values: list[float], slope: float, label: str) -> None:
+    """The least-squares line of `values` over `steps` (slope given), dashed; nothing when the slope is nan."""
+    if not math.isnan(slope):
+        mean_step, mean_value = sum(steps) / len(steps), sum(values) / len(values)
+        axis.plot(steps, [mean_value + slope * (s - mean_step) for s in steps], "k--", linewidth=1, label=label)
+
+
+def plot_validation(metrics: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,13 +217,10 @@ def plot_validation(metrics: list[dict], path: Path, title: str = "GRACE reward 
     slope, error = linear_trend(values, steps)
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.plot(steps, values, marker="o", label="validation reward (greedy rationales)")
-    if not math.isnan(slope):
-        mean_step, mean_value = sum(steps) / len(steps), sum(values) / len(values)
-        axis.plot(steps, [mean_value + slope * (s - mean_step) for s in steps], "k--", linewidth=1,
-                  label=f"fit: {slope:+.4f} ± {error:.4f} per step")
+    plot_fit(axis, steps, values, slope, f"fit: {slope:+.4f} ± {error:.4f} per step")
     axis.set_xlabel("training step")
     axis.set_ylabel("mean GRACE reward")
-    axis.set_title(title)
+    axis.set_title("GRACE reward on the fixed validation prompts")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
