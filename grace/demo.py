@@ -76,6 +76,8 @@ def run(command: list[str], log_name: str, out: Path, env: dict | None = None, o
                 print("    " + line.rstrip()[:200], flush=True)
             if on_line is not None:
                 on_line()
+        if on_line is not None:  # what was written after the last output line (verl's final step record)
+            on_line()
         if process.wait() != 0:
             raise SystemExit(f"stage {log_name!r} failed (exit {process.returncode}); full log: {log_path}")
 
