@@ -109,10 +109,14 @@ class StepProgress:
 
     def __init__(self, metrics_path: Path, total_steps: int, label: str = "train"):
         self.path, self.total, self.label, self.shown = metrics_path, total_steps, label, set()
+        self.size_read = -1
 
     def __call__(self) -> None:
-        if not self.path.exists():
+        # Called on every output line of training: the file is parsed only when it has grown.
+        size = self.path.stat().st_size if self.path.exists() else -1
+        if size == self.size_read:
             return
+        self.size_read = size
         metrics = read_metrics(self.path)
         seconds = [m["timing_s/step"] for m in metrics if "timing_s/step" in m]
         for record in metrics:

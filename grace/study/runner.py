@@ -34,17 +34,25 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def demo_arguments(config: StudyConfig, arm, model: Path, arm_dir: Path):
-    """The demo's flags for a GRACE arm: its defaults, the arm's settings, and the study's shared values."""
-    from grace.demo import build_parser, compute_dtype
+def demo_defaults_with_study_data(config: StudyConfig):
+    """The demo's default flags with the study's shared data settings."""
+    from grace.demo import build_parser
 
     args = build_parser().parse_args([])
-    for key, value in arm.settings.items():
-        setattr(args, key, value)
     data = config.data
-    args.out, args.model, args.device = arm_dir, str(model), device()
     args.train_triples, args.max_chars, args.max_prompt, args.val_size = (
         data.train_triples, data.max_chars, data.max_prompt, data.val_size)
+    return args
+
+
+def demo_arguments(config: StudyConfig, arm, model: Path, arm_dir: Path):
+    """The demo's flags for a GRACE arm: its defaults, the arm's settings, and the study's shared values."""
+    from grace.demo import compute_dtype
+
+    args = demo_defaults_with_study_data(config)
+    for key, value in arm.settings.items():  # validated: never one of the study's own flags
+        setattr(args, key, value)
+    args.out, args.model, args.device = arm_dir, str(model), device()
     args.rationale_length, args.pooling_span = config.evaluation.rationale_length, arm.pooling_span
     args.save_every = args.save_every or GRACE_SAVE_EVERY
     args.compute_dtype = compute_dtype(args)
@@ -52,17 +60,13 @@ def demo_arguments(config: StudyConfig, arm, model: Path, arm_dir: Path):
 
 
 def prepare_data(config: StudyConfig, model: Path, study_dir: Path) -> Path:
-    from grace.demo import build_parser
     from grace.demo import prepare_data as demo_prepare_data
 
     folder = study_dir / "data" / "data" / "filtered"
     if (folder / "train.parquet").exists() and (folder / "test.parquet").exists():
         return folder
     shutil.rmtree(study_dir / "data", ignore_errors=True)
-    args = build_parser().parse_args([])
-    args.train_triples, args.max_chars, args.max_prompt, args.val_size = (
-        config.data.train_triples, config.data.max_chars, config.data.max_prompt, config.data.val_size)
-    return demo_prepare_data(args, study_dir / "data", model)
+    return demo_prepare_data(demo_defaults_with_study_data(config), study_dir / "data", model)
 
 
 def train_grace(config: StudyConfig, arm, model: Path, data: Path, arm_dir: Path) -> tuple[Path, dict]:
