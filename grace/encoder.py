@@ -11,15 +11,14 @@ the final norm, and the masked mean over the pooling span (`prompt+response`: af
 reference; `response`: the rationale alone), in float32, L2-normalised (`grace.embedding`, the function the
 training workers call). `rationale=False` embeds the prompt alone (the paper's "direct forward").
 
-Generation backends: Hugging Face `generate` (CPU or GPU; batched, left-padded) and vLLM (GPU only; imported
-only when chosen). `backend="auto"` takes vLLM when it is installed and CUDA is available. Identical texts in one
+Generation backends (`grace.generation`): continuous batching over a Hugging Face model (CPU or GPU; all texts of
+a call, in chunks of similar length) and vLLM (GPU only; imported only when chosen). `backend="auto"` takes vLLM when it is installed and CUDA is available. Identical texts in one
 call are generated and embedded once. A generation error raises; nothing is ever replaced by an empty rationale.
 Empty strings are embedded like any text (the prompt with empty user content).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,19 +27,11 @@ import torch
 from tqdm.auto import tqdm
 
 from grace.embedding import embed_sequences
+from grace.generation import ContinuousBatchGenerator, GenerationSettings, VLLMGenerator, vllm_available
 from grace.pooling import POOLING_SPANS, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids, generation_eos_ids
 
-
-@dataclass
-class GenerationSettings:
-    """How rationales are generated (part of the rationale cache key in evaluation)."""
-
-    max_new_tokens: int = 256  # the paper's latency knee (G=256); the reference's eval.sh used 2048
-    do_sample: bool = False  # greedy: the same text always gets the same rationale
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0  # used when sampling
+GENERATION_CHUNK = 256  # texts per generator call: enough to keep every slot busy; the rationale cache saves each
 
 
 @dataclass
@@ -71,60 +62,6 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
     return input_ids, attention_mask
 
 
-class HFGenerator:
-    """Batched, left-padded `generate`; returns each prompt's new tokens up to and including the first EOS."""
-
-    def __init__(self, model, tokenizer, eos_ids: list[int]):
-        self.model, self.eos_ids = model, eos_ids
-        self.pad_id = _pad_id(tokenizer, eos_ids)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
-        input_ids, attention_mask = left_pad(prompts, self.pad_id, self.model.device)
-        width = input_ids.shape[1]
-        sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0) \
-            if settings.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if settings.do_sample:
-            torch.manual_seed(settings.seed)
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                     max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids,
-                                     pad_token_id=self.pad_id, **sampling)
-        return [_until_eos(row[width:].tolist(), self.eos_ids) for row in output]
-
-
-class VLLMGenerator:
-    """vLLM offline generation on token ids (GPU only)."""
-
-    def __init__(self, model_path: str, eos_ids: list[int], max_model_len: int, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.8):
-        from vllm import LLM  # imported only when this backend is chosen
-
-        self.eos_ids = eos_ids
-        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, dtype="bfloat16", enforce_eager=True,
-                       trust_remote_code=True)
-
-    def generate(self, prompts: list[list[int]], settings: GenerationSettings) -> list[list[int]]:
-        from vllm import SamplingParams, TokensPrompt
-
-        params = SamplingParams(max_tokens=settings.max_new_tokens, stop_token_ids=self.eos_ids, seed=settings.seed,
-                                temperature=settings.temperature if settings.do_sample else 0.0,
-                                top_p=settings.top_p if settings.do_sample else 1.0)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [_until_eos(list(o.outputs[0].token_ids), self.eos_ids) for o in outputs]
-
-
-def _until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
-    for position, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: position + 1]
-    return tokens
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-
-
 class GraceEncoder:
     def __init__(self, model, tokenizer, settings: EncoderSettings | None = None, generator=None,
                  rationale_cache=None):
@@ -133,7 +70,7 @@ class GraceEncoder:
         self.settings = settings or EncoderSettings()
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = _pad_id(tokenizer, self.eos_ids)
-        self.generator = generator or HFGenerator(model, tokenizer, self.eos_ids)
+        self.generator = generator or ContinuousBatchGenerator(model, self.eos_ids, self.pad_id)
         self.rationale_cache = rationale_cache  # optional: get_many(texts) / put_many({text: token ids})
         self.prefix_len = system_prefix_length(tokenizer, self.settings.system_prompt)
 
@@ -165,38 +102,50 @@ class GraceEncoder:
     def prompt_ids(self, text: str) -> list[int]:
         return chat_prompt_ids(self.tokenizer, text, self.settings.max_input_length, self.settings.system_prompt)
 
-    def generate_rationale_ids(self, prompts: list[list[int]], batch_size: int = 8,
-                               show_progress_bar: bool = False) -> list[list[int]]:
-        """Rationale token ids (EOS included when generated) for each prompt; raises on any failure."""
-        rationales: list[list[int]] = []
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="generating rationales", disable=not show_progress_bar):
-            batch = prompts[start : start + batch_size]
-            try:
-                generated = self.generator.generate(batch, self.settings.generation)
-            except Exception as error:
-                raise RuntimeError(f"rationale generation failed for texts {start}..{start + len(batch) - 1}: "
-                                   f"{error}") from error
-            if len(generated) != len(batch):
-                raise RuntimeError(f"the generator returned {len(generated)} rationales for {len(batch)} prompts")
-            rationales.extend(generated)
+    def generate_rationale_ids(self, prompts: list[list[int]], show_progress_bar: bool = False,
+                               on_chunk=None) -> list[list[int]]:
+        """Rationale token ids (EOS included when generated) for each prompt; raises on any failure.
+
+        Prompts go to the generator in chunks of similar length (longest first); `on_chunk({index: ids})` receives
+        each chunk's rationales as soon as it is done, so a long run loses at most one chunk.
+        """
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        rationales: list[list[int] | None] = [None] * len(prompts)
+        with tqdm(total=len(prompts), desc="generating rationales", unit="text", disable=not show_progress_bar,
+                  smoothing=0.05) as bar:
+            for start in range(0, len(order), GENERATION_CHUNK):
+                chunk = order[start : start + GENERATION_CHUNK]
+                try:
+                    generated = self.generator.generate([prompts[i] for i in chunk], self.settings.generation,
+                                                        on_finished=bar.update)
+                except Exception as error:
+                    raise RuntimeError(f"rationale generation failed for {len(chunk)} texts (of prompt lengths "
+                                       f"{len(prompts[chunk[-1]])}..{len(prompts[chunk[0]])}): {error}") from error
+                if len(generated) != len(chunk):
+                    raise RuntimeError(f"the generator returned {len(generated)} rationales for {len(chunk)} prompts")
+                for i, ids in zip(chunk, generated):
+                    rationales[i] = ids
+                if on_chunk is not None:
+                    on_chunk(dict(zip(chunk, generated)))
         return rationales
 
-    def cached_rationale_ids(self, texts: list[str], prompts: list[list[int]], batch_size: int,
-                             show_progress_bar: bool) -> list[list[int]]:
-        """Rationale ids of each text: from the cache when present, generated (and cached) otherwise."""
+    def cached_rationale_ids(self, texts: list[str], prompts: list[list[int]], show_progress_bar: bool
+                             ) -> list[list[int]]:
+        """Rationale ids of each text: from the cache when present, generated (and cached chunk by chunk)
+        otherwise."""
         known = self.rationale_cache.get_many(texts) if self.rationale_cache is not None else {}
         missing = [i for i, text in enumerate(texts) if text not in known]
-        generated = self.generate_rationale_ids([prompts[i] for i in missing], batch_size, show_progress_bar)
+        save = None
+        if self.rationale_cache is not None:
+            save = lambda chunk: self.rationale_cache.put_many({texts[missing[j]]: ids for j, ids in chunk.items()})  # noqa: E731
+        generated = self.generate_rationale_ids([prompts[i] for i in missing], show_progress_bar, on_chunk=save)
         new = {texts[i]: ids for i, ids in zip(missing, generated)}
-        if self.rationale_cache is not None and new:
-            self.rationale_cache.put_many(new)
         return [known[text] if text in known else new[text] for text in texts]
 
     @torch.no_grad()
     def embed_token_sequences(self, sequences: list[list[int]], batch_size: int = 8, show_progress_bar: bool = False,
                               prompt_lengths: list[int] | None = None) -> np.ndarray:
-        """float32 [N, H] embeddings of full token sequences (prompt + rationale), left-padded per batch, pooled
+        """float32 [N, H] embeddings of full token sequences (prompt + rationale), in batches of similar length, pooled
         over the settings' span; `prompt_lengths` (each sequence's prompt tokens) is needed for `response`."""
         if prompt_lengths is None:
             if self.settings.pooling_span == "response":
@@ -204,12 +153,18 @@ class GraceEncoder:
             prompt_lengths = [0] * len(sequences)
         skips = pooling_skip(torch.tensor(prompt_lengths, dtype=torch.long), self.settings.pooling_span,
                              self.prefix_len)
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # batches of similar length pad little
         out = []
-        for start in tqdm(range(0, len(sequences), batch_size), desc="embedding", disable=not show_progress_bar):
-            ids, mask = left_pad(sequences[start : start + batch_size], self.pad_id, self.model.device)
-            skip = skips[start : start + batch_size].to(self.model.device)
+        for start in tqdm(range(0, len(order), batch_size), desc="embedding", disable=not show_progress_bar):
+            rows = order[start : start + batch_size]
+            ids, mask = left_pad([sequences[i] for i in rows], self.pad_id, self.model.device)
+            skip = skips[rows].to(self.model.device)
             out.append(embed_sequences(self.model, ids, mask, prefix_len=skip).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        if not out:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        embeddings = torch.empty(len(sequences), out[0].shape[1])
+        embeddings[order] = torch.cat(out)
+        return embeddings.numpy()
 
     def encode(self, texts: list[str], batch_size: int = 8, return_rationales: bool = False,
                show_progress_bar: bool | None = None, rationale: bool = True):
@@ -229,7 +184,7 @@ class GraceEncoder:
             show_progress_bar = len(texts) > 4 * batch_size
         unique = list(dict.fromkeys(texts))  # identical texts are generated and embedded once
         prompts = [self.prompt_ids(text) for text in unique]
-        rationale_ids = (self.cached_rationale_ids(unique, prompts, batch_size, show_progress_bar) if rationale
+        rationale_ids = (self.cached_rationale_ids(unique, prompts, show_progress_bar) if rationale
                          else [[] for _ in prompts])
         embeddings = self.embed_token_sequences([p + r for p, r in zip(prompts, rationale_ids)], batch_size,
                                                 show_progress_bar, prompt_lengths=[len(p) for p in prompts])

@@ -10,7 +10,7 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from scipy.stats import spearmanr
 
 import eval_mteb
-from grace.encoder import HFGenerator
+from grace.generation import ContinuousBatchGenerator
 from grace.evaluation.local_tasks import LeeSTS, WikiDescriptionRetrieval, local_tasks
 from grace.evaluation.run import evaluate_tasks, resolve_tasks
 
@@ -100,7 +100,7 @@ def test_eval_mteb_on_local_tasks_caches_rationales(tiny_model_path, tmp_path, m
     def no_generation(*_args, **_kwargs):
         raise AssertionError("a cached rationale was generated again")
 
-    monkeypatch.setattr(HFGenerator, "generate", no_generation)
+    monkeypatch.setattr(ContinuousBatchGenerator, "generate", no_generation)
     again = args[:-6] + ["--output_dir", str(tmp_path / "again"), "--rationale_cache",
                          str(tmp_path / "run/rationales.sqlite"), "--compare", str(tmp_path / "run/summary.json"),
                          "--batch_size", "4", "--model_name", "tiny"]
@@ -114,7 +114,7 @@ def test_generation_failure_stops_the_evaluation(tiny_model_path, tmp_path, monk
     def broken(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(HFGenerator, "generate", broken)
+    monkeypatch.setattr(ContinuousBatchGenerator, "generate", broken)
     with pytest.raises(RuntimeError, match="rationale generation failed.*CUDA out of memory"):
         eval_mteb.main(["--model_path", str(tiny_model_path), "--tasks", "LeeSTS", "--local_size", "3",
                         "--output_dir", str(tmp_path)])

@@ -15,7 +15,7 @@ teach this task whatever the optimiser does. Reported per reward variant and per
 bootstrap interval of (c) - (b) and the prompt-only score for reference; OUT/headroom.md and OUT/headroom.json.
 
 Simplifications: the query and negative rationales are greedy (training samples them at 0.5), and all n samples
-of a document are drawn in one generation batch with a seed per batch.
+of every document are drawn in one seeded generator call (continuous batching).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from grace.embedding import last_hidden_states
 from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder, left_pad
@@ -68,19 +69,12 @@ def embed_spans(encoder: GraceEncoder, prompts: list[list[int]], rationales: lis
     return {span: torch.cat(parts).numpy() for span, parts in out.items()}
 
 
-def sample_rationales(encoder: GraceEncoder, prompts: list[list[int]], n: int, settings: GenerationSettings,
-                      batch_size: int) -> list[list[int]]:
-    """n sampled rationales per prompt, [prompt 0's n, prompt 1's n, ...]; batch b is seeded with seed + b."""
-    per_batch = max(1, batch_size // n)
-    samples = []
-    for batch_index, start in enumerate(range(0, len(prompts), per_batch)):
-        repeated = [p for p in prompts[start : start + per_batch] for _ in range(n)]
-        batch_settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, do_sample=True,
-                                            temperature=settings.temperature, top_p=settings.top_p,
-                                            seed=settings.seed + batch_index)
-        samples.extend(encoder.generator.generate(repeated, batch_settings))
-        print(f"    sampled {min(start + per_batch, len(prompts))}/{len(prompts)} documents x {n}", flush=True)
-    return samples
+def sample_rationales(encoder: GraceEncoder, prompts: list[list[int]], n: int, settings: GenerationSettings
+                      ) -> list[list[int]]:
+    """n sampled rationales per prompt, [prompt 0's n, prompt 1's n, ...], from one seeded generator call."""
+    repeated = [p for p in prompts for _ in range(n)]
+    with tqdm(total=len(repeated), desc=f"sampling {n} rationales per document", unit="rationale") as bar:
+        return encoder.generator.generate(repeated, settings, on_finished=bar.update)
 
 
 def sample_rewards(main: np.ndarray, query: np.ndarray, negative: np.ndarray, variant: str,
@@ -114,9 +108,9 @@ def headroom(encoder: GraceEncoder, documents: int, n: int, rollout: GenerationS
     document_prompts = [encoder.prompt_ids(t) for t in texts]
 
     print("greedy rationales of the queries and documents", flush=True)
-    greedy = encoder.cached_rationale_ids(queries + texts, query_prompts + document_prompts, batch_size, True)
+    greedy = encoder.cached_rationale_ids(queries + texts, query_prompts + document_prompts, True)
     print(f"{n} sampled rationales per document at temperature {rollout.temperature}", flush=True)
-    samples = sample_rationales(encoder, document_prompts, n, rollout, batch_size)
+    samples = sample_rationales(encoder, document_prompts, n, rollout)
     print("embeddings", flush=True)
     query_emb = embed_spans(encoder, query_prompts, greedy[: len(queries)], batch_size)
     greedy_emb = embed_spans(encoder, document_prompts, greedy[len(queries):], batch_size)
@@ -184,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens")
     parser.add_argument("--reward_temperature", type=float, default=0.1, help="the reward's temperature (train.sh's 0.1)")
     parser.add_argument("--groups_per_batch", type=int, default=4, help="documents per reward batch (prompts per step)")
-    parser.add_argument("--batch_size", type=int, default=16, help="sequences per generation / forward batch")
+    parser.add_argument("--batch_size", type=int, default=16, help="sequences per embedding forward")
     parser.add_argument("--seed", type=int, default=0, help="sampling, negative and random-pick seed")
     parser.add_argument("--rationale_cache", type=Path, default=None, help="SQLite cache of greedy rationales")
     parser.add_argument("--out", type=Path, default=Path("headroom_out"), help="output folder")

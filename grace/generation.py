@@ -1,0 +1,374 @@
+"""Rationale generation: a continuous-batching decode loop for Hugging Face models, and the vLLM backend.
+
+`model.generate` on a padded batch keeps every row until the batch's longest rationale has finished, concatenates
+each layer's key/value cache anew at every step, and, with a padding mask, copies the key/value heads once per query
+head (grouped-query attention) in every layer at every step. On a 2-core AVX2 CPU those copies took more time than
+the weights' products. `ContinuousBatchGenerator` instead:
+
+- sorts the prompts by length (longest first), so each prefill pads little; results come back in the caller's order;
+- keeps a fixed number of row slots decoding: a finished row leaves at once and a waiting prompt is prefilled into
+  its slot (continuous batching), so no step is spent on finished rows while prompts wait;
+- writes keys and values in place into preallocated per-layer buffers (`SlotKVCache`) and attends to a window of
+  them, never concatenating; the window slides left (one copy) when the buffers fill up;
+- attends with SDPA's grouped-query mode, which reads each key/value head where it lies;
+- chooses the number of slots from a memory budget when the caller does not.
+
+Each row attends exactly its own tokens (an explicit 4-D mask) at its own positions, so it gets the sequence it would
+get generated alone, up to the float rounding of differently shaped products (tested against one-prompt-at-a-time
+`generate`). Simplifications: decoder-only models whose attention layers write through `past_key_values.update` and
+take a 4-D `attention_mask` as given (Llama, Qwen2, Qwen3, Mistral in transformers 4.5x; checked at run time);
+full attention only (no sliding window); sampled rows draw from one seeded generator, so a sampled rationale depends
+on the call it was made in, not only on its text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, DynamicCache
+
+ATTENTION = "grace_grouped_query_sdpa"
+MEMORY_BUDGET_BYTES = 2 * 1024**3  # key/value buffers on a CPU; on a GPU, half of the free memory
+MAX_SLOTS = 64  # beyond this a CPU is compute-bound and a GPU's next lever is vLLM
+PREFILL_TOKENS = 8192  # padded prompt tokens per prefill forward
+
+
+@dataclass
+class GenerationSettings:
+    """How rationales are generated (part of the rationale cache key in evaluation)."""
+
+    max_new_tokens: int = 256  # the paper's latency knee (G=256); the reference's eval.sh used 2048
+    do_sample: bool = False  # greedy: the same text always gets the same rationale
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0  # used when sampling
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {self.temperature}, "
+                             f"{self.top_p}")
+
+
+def grouped_query_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
+    """Attention with the key/value heads shared by groups of query heads read in place (no repeated copies)."""
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                            enable_gqa=key.shape[1] != query.shape[1])
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, grouped_query_sdpa)
+
+
+class SlotKVCache(DynamicCache):
+    """Keys and values of every layer in buffers [slots, kv heads, capacity, head dim], zero-initialised.
+
+    A forward writes its new positions at column `end` and attends to columns [start, end + new): the attention
+    window. `advance` moves `end` after each forward and checks that every layer wrote through `update`.
+    """
+
+    def __init__(self, slots: int, capacity: int):
+        super().__init__()
+        self.slots, self.capacity = slots, capacity
+        self.key_buffers: list[torch.Tensor] = []
+        self.value_buffers: list[torch.Tensor] = []
+        self.start = self.end = 0
+        self.layers_written = 0
+
+    def allocate(self, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
+        """Buffers for one more layer, with the head counts, head sizes and dtype of the given states."""
+        for buffers, like in ((self.key_buffers, like_keys), (self.value_buffers, like_values)):
+            buffers.append(like.new_zeros(self.slots, like.shape[1], self.capacity, like.shape[3]))
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        if layer_idx == len(self.key_buffers):  # the first forward allocates each layer's buffers
+            self.allocate(key_states, value_states)
+        stop = self.end + key_states.shape[2]
+        keys, values = self.key_buffers[layer_idx], self.value_buffers[layer_idx]
+        keys[:, :, self.end : stop] = key_states
+        values[:, :, self.end : stop] = value_states
+        self.layers_written += 1
+        return keys[:, :, self.start : stop], values[:, :, self.start : stop]
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self.end - self.start
+
+    def advance(self, width: int, layers: int) -> None:
+        if self.layers_written != layers:
+            raise RuntimeError(f"{layers} decoder layers but {self.layers_written} wrote keys and values through "
+                               "past_key_values.update: this model's attention is not supported by GRACE's HF "
+                               "generator (Llama/Qwen-style decoders are)")
+        self.layers_written = 0
+        self.end += width
+
+    def bytes_per_slot(self) -> int:
+        return sum(b[0].numel() * b.element_size() for b in self.key_buffers + self.value_buffers)
+
+    def copy_in(self, slots: torch.Tensor, source: "SlotKVCache", width: int) -> None:
+        """Put the first `width` columns of `source`'s rows into `slots`, ending at column `end`."""
+        while len(self.key_buffers) < len(source.key_buffers):
+            layer = len(self.key_buffers)
+            self.allocate(source.key_buffers[layer], source.value_buffers[layer])
+        for mine, theirs in zip(self.key_buffers + self.value_buffers, source.key_buffers + source.value_buffers):
+            mine[slots, :, self.end - width : self.end] = theirs[:, :, :width]
+
+    def shift_left(self, columns: int) -> None:
+        for buffer in self.key_buffers + self.value_buffers:
+            buffer[:, :, : self.end - columns] = buffer[:, :, columns : self.end].clone()
+        self.start -= columns
+        self.end -= columns
+
+    def keep_slots(self, slots: torch.Tensor) -> None:
+        self.key_buffers = [b[slots] for b in self.key_buffers]
+        self.value_buffers = [b[slots] for b in self.value_buffers]
+        self.slots = len(slots)
+
+
+class _attention_implementation:
+    """Context manager: the model runs `name` as its attention function inside, its own outside."""
+
+    def __init__(self, model, name: str):
+        self.config, self.name = model.config, name
+
+    def __enter__(self):
+        self.previous = self.config._attn_implementation
+        self.config._attn_implementation = self.name
+
+    def __exit__(self, *exc):
+        self.config._attn_implementation = self.previous
+
+
+def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None
+                  ) -> torch.Tensor:
+    """[rows] next tokens: argmax, or a draw at the settings' temperature from the top-p nucleus."""
+    if not settings.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= settings.top_p  # the top token is always kept
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def default_slots(model, capacity: int) -> int:
+    """Slots whose key/value buffers fit the memory budget (2 GiB on a CPU, half the free memory on a GPU)."""
+    config = model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    element = torch.finfo(model.dtype).bits // 8
+    per_slot = 2 * config.num_hidden_layers * kv_heads * head_dim * capacity * element
+    budget = MEMORY_BUDGET_BYTES
+    if model.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(model.device)[0] // 2
+    return max(1, min(MAX_SLOTS, budget // per_slot))
+
+
+@dataclass
+class DecodeStats:
+    """What a `generate` call did: decode steps, slot-steps spent on live rows, tokens, prefill tokens."""
+
+    decode_steps: int = 0
+    slot_steps: int = 0
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    window_shifts: int = 0
+
+    @property
+    def slot_use(self) -> float:
+        """Fraction of the decoded slot-steps that produced a token of a live row."""
+        return self.generated_tokens / self.slot_steps if self.slot_steps else 0.0
+
+
+class ContinuousBatchGenerator:
+    """Batched rationale generation with a Hugging Face causal LM; returns each prompt's new tokens up to and
+    including the first EOS (at most `max_new_tokens`)."""
+
+    def __init__(self, model, eos_ids: list[int], pad_id: int, slots: int | None = None):
+        self.model, self.eos_ids, self.pad_id, self.slots = model, list(eos_ids), pad_id, slots
+        self.stats = DecodeStats()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings, on_finished=None) -> list[list[int]]:
+        """`on_finished(count)` is called as rows finish (for progress bars)."""
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("an empty prompt cannot be generated from")
+        self.stats = DecodeStats()
+        if not prompts:
+            return []
+        with _attention_implementation(self.model, ATTENTION):
+            return _Decode(self, prompts, settings, on_finished).run()
+
+
+class _Decode:
+    """The state of one `generate` call: slots, their rows, the key/value window."""
+
+    def __init__(self, owner: ContinuousBatchGenerator, prompts, settings, on_finished):
+        self.model, self.settings, self.prompts = owner.model, settings, prompts
+        self.eos = torch.tensor(owner.eos_ids, device=self.model.device)
+        self.pad_id, self.stats, self.on_finished = owner.pad_id, owner.stats, on_finished
+        self.layers = self.model.config.num_hidden_layers
+        self.waiting = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))
+        self.longest = len(prompts[self.waiting[0]])
+        span = self.longest + settings.max_new_tokens  # the most columns a row can hold
+        capacity = span + max(64, span // 4)  # a shift of the window frees at least the slack
+        slots = min(owner.slots or default_slots(self.model, capacity), len(prompts))
+        device = self.model.device
+        self.cache = SlotKVCache(slots, capacity)
+        self.cache.start = self.cache.end = self.longest  # room on the left for any prompt
+        self.valid = torch.zeros(slots, capacity, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        self.next_tokens = torch.full((slots,), self.pad_id, dtype=torch.long, device=device)
+        self.row_of_slot: list[int | None] = [None] * slots
+        self.first_column = [0] * slots
+        self.outputs: dict[int, list[int]] = {}
+        self.done: list[list[int] | None] = [None] * len(prompts)
+        self.generator = None
+        if settings.do_sample:
+            self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+
+    def run(self) -> list[list[int]]:
+        while True:
+            free = [s for s, row in enumerate(self.row_of_slot) if row is None]
+            live = len(self.row_of_slot) - len(free)
+            enough_free = len(free) >= max(1, len(self.row_of_slot) // 8)  # worth a prefill, or a compaction
+            if self.waiting and free and (live == 0 or enough_free):
+                self.fill(free[: len(self.waiting)])
+                continue
+            if live == 0:
+                return self.done
+            if not self.waiting and enough_free:
+                self.keep_live_slots()
+            self.decode_step()
+
+    def model_step(self, input_ids, attention_mask, position_ids, cache: SlotKVCache) -> torch.Tensor:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        cache.advance(input_ids.shape[1], self.layers)
+        return choose_tokens(logits, self.settings, self.generator)
+
+    def fill(self, free_slots: list[int]) -> None:
+        """Prefill waiting prompts (longest first) into free slots: a forward takes the next prompts within a token
+        budget and no shorter than 3/4 of the first, so that padding stays under a quarter of the work."""
+        device = self.model.device
+        while free_slots and self.waiting:
+            width = len(self.prompts[self.waiting[0]])
+            rows = []
+            while (self.waiting and len(rows) < len(free_slots) and (len(rows) + 1) * width <= max(PREFILL_TOKENS, width)
+                   and 4 * len(self.prompts[self.waiting[0]]) >= 3 * width):
+                rows.append(self.waiting.popleft())
+            count = len(rows)
+            slots, free_slots = free_slots[:count], free_slots[count:]
+            ids = torch.full((count, width), self.pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros(count, width, dtype=torch.bool, device=device)
+            for i, row in enumerate(rows):
+                prompt = self.prompts[row]
+                ids[i, width - len(prompt) :] = torch.tensor(prompt, device=device)
+                mask[i, width - len(prompt) :] = True
+            causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+            # a padding position attends to itself only, so its (unused) values stay finite
+            attention = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+            prefill = SlotKVCache(count, width)
+            first = self.model_step(ids, attention[:, None], (mask.long().cumsum(-1) - 1).clamp(min=0), prefill)
+            self.stats.prefill_tokens += int(mask.sum())
+            index = torch.tensor(slots, device=device)
+            self.cache.copy_in(index, prefill, width)
+            self.valid[index] = False
+            self.valid[index, self.cache.end - width : self.cache.end] = mask
+            self.positions[index] = mask.sum(-1)
+            self.next_tokens[index] = first
+            for slot, row in zip(slots, rows):
+                self.row_of_slot[slot], self.outputs[row] = row, []
+                self.first_column[slot] = self.cache.end - width
+            self.record(first, slots)
+
+    def record(self, tokens: torch.Tensor, slots: list[int]) -> None:
+        """Append each live slot's new token; finish rows at EOS or at max_new_tokens."""
+        finished = torch.isin(tokens, self.eos).tolist()
+        for slot, token, at_eos in zip(slots, tokens.tolist(), finished):
+            row = self.row_of_slot[slot]
+            if row is None:
+                continue
+            out = self.outputs[row]
+            out.append(token)
+            if at_eos or len(out) == self.settings.max_new_tokens:
+                self.done[row] = self.outputs.pop(row)
+                self.row_of_slot[slot] = None
+                self.stats.generated_tokens += len(out)
+                if self.on_finished is not None:
+                    self.on_finished(1)
+
+    def decode_step(self) -> None:
+        cache = self.cache
+        live = [s for s, row in enumerate(self.row_of_slot) if row is not None]
+        if cache.end == cache.capacity:
+            self.shift_window(min(self.first_column[s] for s in live))
+        cache.start = min(self.first_column[s] for s in live)
+        # every slot sees its newest column, so a free slot's attention stays finite
+        self.valid[:, cache.end] = True
+        attention = self.valid[:, None, None, cache.start : cache.end + 1]
+        tokens = self.model_step(self.next_tokens[:, None], attention, self.positions[:, None], cache)
+        self.positions += 1
+        self.next_tokens = tokens
+        self.stats.decode_steps += 1
+        self.stats.slot_steps += len(self.row_of_slot)
+        self.record(tokens, list(range(len(self.row_of_slot))))
+
+    def shift_window(self, first_live_column: int) -> None:
+        """Slide every buffer left when they are full, keeping `longest` columns of room for a prompt."""
+        columns = min(first_live_column, self.cache.end - self.longest)
+        self.cache.shift_left(columns)
+        self.valid[:, : self.cache.end] = self.valid[:, columns : columns + self.cache.end].clone()
+        self.valid[:, self.cache.end :] = False
+        self.first_column = [c - columns for c in self.first_column]
+        self.stats.window_shifts += 1
+
+    def keep_live_slots(self) -> None:
+        """With no prompt waiting, drop the free slots so that steps compute live rows only."""
+        live = [s for s, row in enumerate(self.row_of_slot) if row is not None]
+        index = torch.tensor(live, device=self.model.device)
+        self.cache.keep_slots(index)
+        self.valid, self.positions, self.next_tokens = self.valid[index], self.positions[index], self.next_tokens[index]
+        self.row_of_slot = [self.row_of_slot[s] for s in live]
+        self.first_column = [self.first_column[s] for s in live]
+
+
+class VLLMGenerator:
+    """vLLM offline generation on token ids (GPU only; imported only when this backend is chosen)."""
+
+    def __init__(self, model_path: str, eos_ids: list[int], max_model_len: int, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.8):
+        from vllm import LLM
+
+        self.eos_ids = eos_ids
+        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization, dtype="bfloat16", enforce_eager=True,
+                       trust_remote_code=True)
+
+    def generate(self, prompts: list[list[int]], settings: GenerationSettings, on_finished=None) -> list[list[int]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=settings.max_new_tokens, stop_token_ids=self.eos_ids, seed=settings.seed,
+                                temperature=settings.temperature if settings.do_sample else 0.0,
+                                top_p=settings.top_p if settings.do_sample else 1.0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        if on_finished is not None:
+            on_finished(len(outputs))
+        return [until_eos(list(o.outputs[0].token_ids), self.eos_ids) for o in outputs]
+
+
+def until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: position + 1]
+    return tokens
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
