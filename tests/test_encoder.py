@@ -139,3 +139,13 @@ def test_grace_embed_prints_rationales_and_similarities(tiny_model_path):
     matrix = done.stdout.split("cosine similarity")[1].strip().splitlines()[1:]
     values = [[float(v) for v in line.split()[1:]] for line in matrix]
     assert values[0][0] == pytest.approx(1.0, abs=1e-3) and values[0][1] == pytest.approx(values[1][0])
+
+
+def test_grace_encoder_is_importable_from_the_package_without_loading_it_eagerly():
+    import grace
+
+    assert grace.GraceEncoder is GraceEncoder
+    with pytest.raises(AttributeError, match="no attribute 'Encoder'"):
+        grace.Encoder  # noqa: B018
+    light = "import sys, grace, grace.pooling, grace.reward; print('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, check=True).stdout == "False\n"
