@@ -14,7 +14,7 @@ from grace.embedding import embed_sequences, position_ids_from_mask
 from grace.pooling import system_prefix_length
 from grace.reward import contrastive_rewards
 from grace.verl_ext.dataset import GraceRLDataset
-from grace.verl_ext.reward_manager import HiddenRewardManager
+from grace.verl_ext.reward_manager import HiddenRewardManager, group_ids_of
 from grace.verl_ext.worker import pooled_embeddings_in_token_budget
 from tests.training import write_tiny_dataset
 
@@ -30,6 +30,7 @@ class InProcessWorkers:
         self.model, self.eos_id = model, eos_id
         self.generator = torch.Generator().manual_seed(seed)
         self.generated_rows = []
+        self.requests = []
         self.rationale_temperatures = []
         self.fail_with = None
 
@@ -44,6 +45,7 @@ class InProcessWorkers:
     def generate_rationales(self, data):
         assert len(data) % self.world_size == 0
         self.generated_rows.append(len(data))
+        self.requests.append(data.batch["input_ids"].clone())
         self.rationale_temperatures.append(data.meta_info["temperature"])
         b = data.batch
         return DataProto.from_dict(self.append_response(b["input_ids"], b["attention_mask"], b["position_ids"]))
@@ -153,6 +155,24 @@ def test_query_terms_are_constant_within_a_group(setup):
     for group in set(uid):
         rows = np.flatnonzero(uid == group)
         assert len({round(extra["grace/negative"][r], 5) for r in rows}) == 1
+
+
+def test_rationale_requests_do_not_depend_on_how_uids_are_spelled(setup):
+    tokenizer, model, dataset = setup
+    requests = []
+    reversed_order = lambda uid: f"g{999 - int(uid.split('-')[1])}"  # noqa: E731  sorts the groups backwards
+    for spelling in (str, reversed_order):
+        workers = InProcessWorkers(model, tokenizer.eos_token_id)
+        batch = rollout_batch(dataset, workers)
+        batch.non_tensor_batch["uid"] = np.array([spelling(u) for u in batch.non_tensor_batch["uid"]], dtype=object)
+        manager_for(tokenizer, workers)(batch, return_dict=True)
+        requests.append(workers.requests[0])
+    assert torch.equal(requests[0], requests[1])
+    uids = np.array(["zz", "b", "zz", "a", "b"], dtype=object)
+    numbered = group_ids_of(DataProto.from_dict(tensors={"prompts": torch.zeros(5, 1)}, non_tensors={"uid": uids}))
+    assert numbered.tolist() == [0, 1, 0, 2, 1]  # by first appearance
+    by_prompt = group_ids_of(DataProto.from_dict(tensors={"prompts": torch.tensor([[5], [3], [5], [1], [3]])}))
+    assert by_prompt.tolist() == [0, 1, 0, 2, 1]
 
 
 def test_validation_batch_without_uid_groups_by_prompt(setup):

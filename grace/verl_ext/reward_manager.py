@@ -43,12 +43,16 @@ class RewardComputationError(RuntimeError):
 
 
 def group_ids_of(data: DataProto) -> torch.Tensor:
-    """[B] int64 group ids: from verl's `uid`, or from identical main prompts when there is none."""
+    """[B] int64 group ids numbered by first appearance in the batch: from verl's `uid`, or from identical main
+    prompts when there is none. Numbering by appearance, not by the random uid strings, keeps the order of the
+    rationale requests (and so a seeded run) reproducible."""
     if "uid" in data.non_tensor_batch:
-        _, ids = np.unique(data.non_tensor_batch["uid"].astype(str), return_inverse=True)
-        return torch.from_numpy(ids.astype(np.int64))
-    _, ids = torch.unique(data.batch["prompts"], dim=0, return_inverse=True)
-    return ids
+        keys = np.unique(data.non_tensor_batch["uid"].astype(str), return_inverse=True)[1]
+    else:
+        keys = torch.unique(data.batch["prompts"], dim=0, return_inverse=True)[1].numpy()
+    _, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
+    rank_of_group = np.argsort(np.argsort(first))
+    return torch.from_numpy(rank_of_group[inverse.reshape(-1)].astype(np.int64))
 
 
 def group_reward_spread(rewards: torch.Tensor, group_of_row: torch.Tensor, groups: int):
