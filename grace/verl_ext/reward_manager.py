@@ -55,6 +55,14 @@ def group_ids_of(data: DataProto) -> torch.Tensor:
     return torch.from_numpy(rank_of_group[inverse.reshape(-1)].astype(np.int64))
 
 
+def place_rewards(total: torch.Tensor, response_lengths: torch.Tensor, response_width: int) -> torch.Tensor:
+    """[B, R] float32 token-level rewards: each row's reward on its last valid response token, zeros elsewhere (the
+    reference's placement; index -1 for an empty response)."""
+    reward_tensor = torch.zeros(len(total), response_width, dtype=torch.float32)
+    reward_tensor[torch.arange(len(total)), response_lengths - 1] = total.float()
+    return reward_tensor
+
+
 def group_reward_spread(rewards: torch.Tensor, group_of_row: torch.Tensor, groups: int):
     """Per row: the (unbiased, as GRPO normalises) std of the rewards of its group, 0 for a group of one, and
     1.0 where every reward of its group is equal, else 0.0."""
@@ -191,9 +199,7 @@ class HiddenRewardManager:
         if self.enable_length_penalty:
             last_tokens = responses.gather(1, (response_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
             total = apply_length_penalty(total, response_lengths, last_tokens, response_width, self.eos_token_ids)
-        reward_tensor = torch.zeros(size, response_width, dtype=torch.float32)
-        # The reference's placement: the last valid response token (index -1 for an empty response).
-        reward_tensor[torch.arange(size), response_lengths - 1] = total.float()
+        reward_tensor = place_rewards(total, response_lengths, response_width)
 
         extra_info = {f"{REWARD_METRIC_PREFIX}{name}": value.tolist() for name, value in parts.items()}
         extra_info[f"{REWARD_METRIC_PREFIX}length_penalized"] = (total != parts["total"]).float().tolist()
