@@ -6,6 +6,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl import DataProto
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.reward import compute_reward
 from verl.utils.dataset.rl_dataset import collate_fn
 from verl.utils.torch_functional import get_response_mask
@@ -31,6 +32,8 @@ class InProcessWorkers:
         self.generator = torch.Generator().manual_seed(seed)
         self.generated_rows = []
         self.requests = []
+        self.embedded_rows = []
+        self.token_budget = 4096
         self.rationale_temperatures = []
         self.fail_with = None
 
@@ -54,7 +57,8 @@ class InProcessWorkers:
         assert len(data) % self.world_size == 0
         if self.fail_with is not None:
             raise self.fail_with
-        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, 4096)
+        self.embedded_rows.append(len(data))
+        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, self.token_budget)
         return DataProto.from_dict({"embeddings": embeddings})
 
 
@@ -173,6 +177,27 @@ def test_rationale_requests_do_not_depend_on_how_uids_are_spelled(setup):
     assert numbered.tolist() == [0, 1, 0, 2, 1]  # by first appearance
     by_prompt = group_ids_of(DataProto.from_dict(tensors={"prompts": torch.tensor([[5], [3], [5], [1], [3]])}))
     assert by_prompt.tolist() == [0, 1, 0, 2, 1]
+
+
+def test_identical_rollouts_are_embedded_once_and_get_zero_advantage(setup):
+    tokenizer, model, dataset = setup
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    batch = rollout_batch(dataset, workers, n=4)
+    uids = batch.non_tensor_batch["uid"]
+    group = np.flatnonzero(uids == uids[0])
+    for key in ("responses", "input_ids", "attention_mask", "position_ids"):
+        value = batch.batch[key].clone()
+        value[group] = value[group[0]].clone()
+        batch.batch[key] = value
+    workers.token_budget = 1  # one row per micro-batch: a copy would be forwarded in another shape than its twin
+    result = manager_for(tokenizer, workers)(batch, return_dict=True)
+    unique_rows = len(batch) - (len(group) - 1) + 2 * len(dataset)  # and a query and a negative per group
+    assert workers.embedded_rows == [unique_rows + unique_rows % workers.world_size]  # padded to the world size
+    placed = result["reward_tensor"].sum(-1)
+    assert len(set(placed[group].tolist())) == 1
+    response_mask = batch.batch["attention_mask"][:, -RESPONSE:]
+    advantages, _ = compute_grpo_outcome_advantage(result["reward_tensor"], response_mask, uids)
+    assert torch.count_nonzero(advantages[group]) == 0
 
 
 def test_validation_batch_without_uid_groups_by_prompt(setup):

@@ -42,6 +42,12 @@ class RewardComputationError(RuntimeError):
     """The GRACE reward failed earlier in this step; verl's silent retry is refused."""
 
 
+def numbered_by_first_appearance(keys: np.ndarray) -> np.ndarray:
+    """[B] ids 0, 1, ... given to equal keys in the order in which each key first appears."""
+    _, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.reshape(-1)]
+
+
 def group_ids_of(data: DataProto) -> torch.Tensor:
     """[B] int64 group ids numbered by first appearance in the batch: from verl's `uid`, or from identical main
     prompts when there is none. Numbering by appearance, not by the random uid strings, keeps the order of the
@@ -50,9 +56,7 @@ def group_ids_of(data: DataProto) -> torch.Tensor:
         keys = np.unique(data.non_tensor_batch["uid"].astype(str), return_inverse=True)[1]
     else:
         keys = torch.unique(data.batch["prompts"], dim=0, return_inverse=True)[1].numpy()
-    _, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
-    rank_of_group = np.argsort(np.argsort(first))
-    return torch.from_numpy(rank_of_group[inverse.reshape(-1)].astype(np.int64))
+    return torch.from_numpy(numbered_by_first_appearance(keys).astype(np.int64))
 
 
 def place_rewards(total: torch.Tensor, response_lengths: torch.Tensor, response_width: int) -> torch.Tensor:
@@ -160,8 +164,16 @@ class HiddenRewardManager:
                    for key in SEQUENCE_KEYS}
         prompt_lengths = torch.cat([_prompt_lengths(s) for s in streams])
         tensors["pool_skip"] = pooling_skip(prompt_lengths, self.pooling_span, self.prefix_len)
-        request = DataProto.from_dict(tensors=tensors)
-        return self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
+        # Identical rows (a group's identical rollouts) are embedded once: the same sequence forwarded in micro-batches
+        # of other shapes or on other ranks can differ in the last bits, which std normalisation would turn into
+        # advantages of +-1 for rollouts that are the same.
+        content = torch.cat([tensors["input_ids"] * tensors["attention_mask"], tensors["attention_mask"],
+                             tensors["position_ids"], tensors["pool_skip"][:, None]], dim=1)
+        row_ids = numbered_by_first_appearance(torch.unique(content, dim=0, return_inverse=True)[1].numpy())
+        first_rows = torch.from_numpy(np.unique(row_ids, return_index=True)[1])
+        request = DataProto.from_dict(tensors={key: value[first_rows] for key, value in tensors.items()})
+        embeddings = self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
+        return embeddings[torch.from_numpy(row_ids)]
 
     # ------------------------------------------------------------------ the reward
     def _compute(self, data: DataProto):
