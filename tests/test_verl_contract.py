@@ -41,8 +41,6 @@ USED = [
     ("verl.utils.fsdp_utils", "load_fsdp_model_to_gpu"),
     ("verl.utils.fsdp_utils", "offload_fsdp_model_to_cpu"),
     ("verl.utils.model", "get_generation_config"),
-    ("verl.utils.seqlen_balancing", "get_reverse_idx"),
-    ("verl.utils.seqlen_balancing", "rearrange_micro_batches"),
     ("verl.utils.tracking", "Tracking"),  # subclassed by the metrics file
     ("verl.workers.fsdp_workers", "ActorRolloutRefWorker"),
     ("verl.workers.fsdp_workers", "CPUOffloadPolicy"),  # replaced on CPU hosts

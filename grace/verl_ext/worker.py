@@ -3,9 +3,10 @@
 - `generate_rationales`: one sample per prompt at a given temperature, from the current policy and through the
   configured rollout (HF or vLLM): the query / negative-document rationales and the unsupervised anchor.
 - `compute_pooled_embeddings`: a no-grad forward of the current policy over prompt + response, pooled on the
-  worker with `grace.pooling` over the span the manager chose (per-row `pool_skip`); only [rows, H] float32 leaves the worker, never per-token hidden states. Rows are
-  split into micro-batches by the token budget of verl's log-prob pass
-  (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`), whether or not dynamic batching is on.
+  worker with `grace.pooling` over the span the manager chose (per-row `pool_skip`); only [rows, H] float32 leaves
+  the worker, never per-token hidden states. Each forward holds at most the token budget of verl's log-prob pass
+  (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`) of positions, valid tokens only, whether or not
+  dynamic batching is on.
 - `update_actor`: verl's update, plus the batch means of the reward components (the `grace/*` columns the
   `hidden` reward manager returned) in the step metrics, which verl 0.4.1 otherwise never logs.
 """
@@ -16,11 +17,11 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from verl import DataProto
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.utils.device import get_device_id, get_device_name
 from verl.utils.fsdp_utils import load_fsdp_model_to_gpu, offload_fsdp_model_to_cpu
-from verl.utils.seqlen_balancing import get_reverse_idx, rearrange_micro_batches
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 from verl.workers.rollout import HFRollout
 
@@ -29,17 +30,51 @@ from grace.embedding import embed_sequences
 REWARD_METRIC_PREFIX = "grace/"
 
 
+def token_budget_micro_batches(lengths: list[int], max_token_len: int, count: int = 0) -> list[list[int]]:
+    """Row indices of micro-batches, longest rows first, each forwarding at most `max_token_len` positions (rows x
+    its longest row; a row longer than the budget goes alone); then the fullest are halved until there are at least
+    `count` (so that every rank runs the same number of forwards)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    micro_batches, start = [], 0
+    while start < len(order):
+        rows = max(1, max_token_len // max(1, lengths[order[start]]))
+        micro_batches.append(order[start : start + rows])
+        start += rows
+    while len(micro_batches) < count:
+        fullest = max(range(len(micro_batches)), key=lambda i: len(micro_batches[i]))
+        if len(micro_batches[fullest]) < 2:
+            raise ValueError(f"{len(lengths)} rows cannot make {count} micro-batches")
+        rows = micro_batches.pop(fullest)
+        micro_batches[fullest:fullest] = [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
+    return micro_batches
+
+
+def valid_tokens_left_padded(batch, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids of `rows` with each row's valid tokens moved to the right end and
+    the columns no row uses dropped: the same tokens at the same positions, in as few columns as they need."""
+    mask = batch["attention_mask"][rows]
+    width = max(1, int(mask.sum(-1).max()))
+    take = torch.argsort(mask, dim=-1, stable=True)[:, -width:]  # padding first, valid tokens in their order
+    return (batch["input_ids"][rows].gather(1, take), mask.gather(1, take), batch["position_ids"][rows].gather(1, take))
+
+
 def pooled_embeddings_in_token_budget(model, batch, max_token_len: int) -> torch.Tensor:
     """Embeddings [B, H] of `batch` (input_ids, attention_mask, position_ids, and `pool_skip`: [B] leading valid
-    tokens left out of each row's mean), forwarded in micro-batches of at most `max_token_len` valid tokens and
-    returned in the original row order."""
-    max_token_len = max(max_token_len, batch["attention_mask"].shape[-1])
-    micro_batches, indices = rearrange_micro_batches(
-        batch.select("input_ids", "attention_mask", "position_ids", "pool_skip"), max_token_len=max_token_len)
-    pooled = [embed_sequences(model, mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["pool_skip"])
-              for mb in micro_batches]
-    order = torch.tensor(get_reverse_idx([i for part in indices for i in part]), device=pooled[0].device)
-    return torch.cat(pooled, dim=0)[order]
+    tokens left out of each row's mean), in the original row order. Each forward holds at most `max_token_len`
+    positions: rows of similar length, their valid tokens only; under torch.distributed every rank runs as many
+    forwards as the busiest (FSDP gathers parameters in each)."""
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    micro_batches = token_budget_micro_batches(lengths, max_token_len)
+    if dist.is_initialized():
+        count = torch.tensor([len(micro_batches)], device=get_device_name())
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        micro_batches = token_budget_micro_batches(lengths, max_token_len, int(count.item()))
+    pooled = [None] * len(lengths)
+    for rows in micro_batches:
+        input_ids, mask, positions = valid_tokens_left_padded(batch, rows)
+        for row, embedding in zip(rows, embed_sequences(model, input_ids, mask, positions, batch["pool_skip"][rows])):
+            pooled[row] = embedding
+    return torch.stack(pooled)
 
 
 def reward_component_means(data: DataProto) -> dict[str, float]:
