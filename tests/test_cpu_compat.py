@@ -22,14 +22,12 @@ def test_patches_are_applied_on_a_cpu():
         cpu_compat.apply()
         import verl.utils.device, verl.workers.fsdp_workers as workers
         from transformers import AutoConfig
-        from verl.workers.sharding_manager.base import BaseShardingManager
         assert verl.utils.device.get_nccl_backend() == "gloo" == workers.get_nccl_backend()
         assert torch.distributed.init_process_group._grace_gloo
         assert torch.cpu.memory_allocated() == 0 and torch.cpu.mem_get_info()[1] > 0
         assert torch.cpu.get_device_name() == "cpu"
         assert AutoConfig.from_pretrained.__func__._grace_sdpa
         assert workers.CPUOffloadPolicy().pin_memory is False
-        assert BaseShardingManager.timing == {}
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
@@ -47,6 +45,23 @@ def test_nothing_is_patched_when_cuda_is_available():
         assert torch.distributed.init_process_group is original
         assert not hasattr(AutoConfig.from_pretrained.__func__, "_grace_sdpa")
         assert workers.CPUOffloadPolicy(pin_memory=True).pin_memory is True
+        print("ok")
+    """)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
+def test_the_hf_rollout_timing_fix_is_applied_on_gpu_hosts_too():
+    # The GPU demo (`--device cuda`) uses the HF rollout, whose sharding manager verl 0.4.1 leaves without `timing`.
+    done = run_python("""
+        import torch
+        torch.cuda.is_available = lambda: True
+        import verl.workers.fsdp_workers as workers
+        from verl.workers.sharding_manager.base import BaseShardingManager
+        from grace.verl_ext.worker import GraceActorRolloutRefWorker
+        assert not hasattr(BaseShardingManager, "timing")
+        workers.ActorRolloutRefWorker.__init__ = lambda self, *args, **kwargs: None  # no process group here
+        GraceActorRolloutRefWorker(None, "actor_rollout")
+        assert BaseShardingManager.timing == {}
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr

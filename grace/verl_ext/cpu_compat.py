@@ -147,15 +147,6 @@ def _unpinned_cpu_offload_policy() -> None:
     verl.workers.fsdp_workers.CPUOffloadPolicy = lambda *args, **kwargs: CPUOffloadPolicy(pin_memory=False)
 
 
-def _give_base_sharding_manager_timing() -> None:
-    # verl 0.4.1 bug (CPU and GPU alike): generate_sequences reads rollout_sharding_manager.timing, which the
-    # do-nothing BaseShardingManager used by the HF rollout never sets.
-    from verl.workers.sharding_manager.base import BaseShardingManager
-
-    if not hasattr(BaseShardingManager, "timing"):
-        BaseShardingManager.timing = {}
-
-
 def _autocast_in_cpu_dtype() -> None:
     # verl 0.4.1 runs the actor forward (dp_actor), the HF rollout and GRACE's embedding pass under a hard-coded
     # `torch.autocast(dtype=torch.bfloat16)`: on a CPU run in float32 a bf16 autocast on the CPU becomes a no-op.
@@ -191,7 +182,6 @@ def apply() -> None:
     _add_memory_shims_to_torch_cpu()
     _map_flash_attention_to_sdpa()
     _unpinned_cpu_offload_policy()
-    _give_base_sharding_manager_timing()
     _autocast_in_cpu_dtype()
     _applied = True
 

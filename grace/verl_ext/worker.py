@@ -24,6 +24,7 @@ from verl.utils.device import get_device_id, get_device_name
 from verl.utils.fsdp_utils import load_fsdp_model_to_gpu, offload_fsdp_model_to_cpu
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 from verl.workers.rollout import HFRollout
+from verl.workers.sharding_manager.base import BaseShardingManager
 
 from grace.embedding import embed_sequences
 
@@ -83,7 +84,18 @@ def reward_component_means(data: DataProto) -> dict[str, float]:
             for key, values in data.non_tensor_batch.items() if key.startswith(REWARD_METRIC_PREFIX)}
 
 
+def give_base_sharding_manager_timing() -> None:
+    """verl 0.4.1 bug, on CPU and GPU alike: `generate_sequences` reads `rollout_sharding_manager.timing`, which the
+    do-nothing `BaseShardingManager` of the HF rollout never sets."""
+    if not hasattr(BaseShardingManager, "timing"):
+        BaseShardingManager.timing = {}
+
+
 class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
+    def __init__(self, *args, **kwargs):
+        give_base_sharding_manager_timing()  # in every worker process, whatever the device
+        super().__init__(*args, **kwargs)
+
     @contextlib.contextmanager
     def _one_sample_per_prompt(self, temperature: float):
         if isinstance(self.rollout, HFRollout):  # reads n from config and temperature from meta_info
