@@ -13,6 +13,7 @@ from verl.utils.torch_functional import get_response_mask
 
 from grace.embedding import embed_sequences, position_ids_from_mask
 from grace.pooling import system_prefix_length
+from grace.prompts import SYSTEM_PROMPT
 from grace.reward import contrastive_rewards
 from grace.verl_ext.dataset import GraceRLDataset
 from grace.verl_ext.reward_manager import HiddenRewardManager, group_ids_of
@@ -238,3 +239,22 @@ def test_dataset_builds_intact_query_and_negative_prompts(setup):
         assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
         assert row["multi_input"][field] in text
         torch.testing.assert_close(row[f"{prefix}_position_ids"], position_ids_from_mask(row[f"{prefix}_attention_mask"]))
+
+
+def test_a_custom_system_prompt_changes_every_prompt_and_the_pooled_prefix(setup, tiny_model_path, tmp_path):
+    tokenizer, _, dataset = setup
+    custom = "Summarise the text in one line."
+    config = OmegaConf.create({"max_prompt_length": 256, "truncation": "error", "filter_overlong_prompts": False,
+                               "cache_dir": str(tmp_path)})
+    custom_dataset = GraceRLDataset(dataset.data_files, tokenizer, config, system_prompt=custom)
+    row, default_row = custom_dataset[0], dataset[0]
+    prefix_len = HiddenRewardManager(tokenizer, custom_prompt=custom).prefix_len
+    assert prefix_len == system_prefix_length(tokenizer, custom) != system_prefix_length(tokenizer)
+    for prefix in ("", "query_", "negative_doc_"):
+        ids = row[f"{prefix}input_ids"][row[f"{prefix}attention_mask"].bool()]
+        text = tokenizer.decode(ids)
+        assert custom in text and SYSTEM_PROMPT not in text, prefix
+        # The prefix the reward leaves out is exactly the custom system message, up to the user's content.
+        assert tokenizer.decode(ids[:prefix_len]) == f"<|im_start|>system\n{custom}<|im_end|>\n<|im_start|>user\n"
+        default_ids = default_row[f"{prefix}input_ids"][default_row[f"{prefix}attention_mask"].bool()]
+        assert SYSTEM_PROMPT in tokenizer.decode(default_ids)

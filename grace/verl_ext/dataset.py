@@ -17,7 +17,7 @@ import torch
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from grace.embedding import position_ids_from_mask
-from grace.prompts import chat_prompt_ids
+from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids
 
 TRAIN_MODES = ("supervised", "unsupervised")
 
@@ -35,9 +35,10 @@ def resolve_train_mode(requested: str | None, columns: list[str]) -> str:
     return requested
 
 
-def left_padded_prompt(tokenizer, text: str, max_length: int) -> dict[str, torch.Tensor]:
+def left_padded_prompt(tokenizer, text: str, max_length: int, system_prompt: str = SYSTEM_PROMPT
+                       ) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask / position_ids [max_length] of the chat prompt for `text`."""
-    ids = chat_prompt_ids(tokenizer, text, max_length=max_length)
+    ids = chat_prompt_ids(tokenizer, text, max_length=max_length, system_prompt=system_prompt)
     pad = max_length - len(ids)
     input_ids = torch.tensor([tokenizer.pad_token_id] * pad + ids, dtype=torch.long)
     attention_mask = torch.tensor([0] * pad + [1] * len(ids), dtype=torch.long)
@@ -46,15 +47,28 @@ def left_padded_prompt(tokenizer, text: str, max_length: int) -> dict[str, torch
 
 
 class GraceRLDataset(RLHFDataset):
-    def __init__(self, data_files, tokenizer, config, processor=None):
+    """verl's dataset, plus the query and negative-document prompts of supervised rows; `system_prompt` (the
+    reward's `custom_prompt`) replaces the system message of every prompt, so that the prompts and the pooled
+    prefix the reward leaves out agree."""
+
+    def __init__(self, data_files, tokenizer, config, processor=None, system_prompt: str | None = None):
+        self.system_prompt = system_prompt
         super().__init__(data_files=data_files, tokenizer=tokenizer, config=config, processor=processor)
         self.train_mode = resolve_train_mode(config.get("train_mode", None), self.dataframe.column_names)
+
+    def _build_messages(self, example: dict):
+        messages = super()._build_messages(example)
+        if self.system_prompt is not None:
+            others = [m for m in messages if m["role"] != "system"]
+            messages = [{"role": "system", "content": self.system_prompt}] + others
+        return messages
 
     def __getitem__(self, item):
         row = super().__getitem__(item)
         if self.train_mode == "supervised":
             documents = {"query": row["multi_input"]["query"], "negative_doc": row["multi_input"]["negative_document"]}
             for prefix, text in documents.items():
-                for key, tensor in left_padded_prompt(self.tokenizer, text, self.max_prompt_length).items():
+                for key, tensor in left_padded_prompt(self.tokenizer, text, self.max_prompt_length,
+                                                      self.system_prompt or SYSTEM_PROMPT).items():
                     row[f"{prefix}_{key}"] = tensor
         return row

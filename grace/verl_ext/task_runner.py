@@ -95,8 +95,9 @@ class GraceTaskRunner:
             if config.reward_model.reward_manager == "hidden" else reward_kwargs
         val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1, **val_kwargs)
 
-        train_dataset = GraceRLDataset(config.data.train_files, tokenizer, config.data, processor)
-        val_dataset = GraceRLDataset(config.data.val_files, tokenizer, config.data, processor)
+        system_prompt = reward_kwargs.get("custom_prompt")  # the prompts carry the system prompt the reward leaves out
+        train_dataset = GraceRLDataset(config.data.train_files, tokenizer, config.data, processor, system_prompt)
+        val_dataset = GraceRLDataset(config.data.val_files, tokenizer, config.data, processor, system_prompt)
         trainer = GraceRayPPOTrainer(
             config=config, tokenizer=tokenizer, processor=processor, role_worker_mapping=role_worker_mapping,
             resource_pool_manager=resource_pool_manager, ray_worker_group_cls=RayWorkerGroup,
