@@ -180,7 +180,9 @@ def contrastive_rewards(
     `negative` in supervised mode (formulas in the module docstring).
 
     Embeddings are L2-normalised here, so cosines are exact whatever the caller passed; a zero vector has
-    cosine 0 with everything. Computed in float32 (float64 if given float64).
+    cosine 0 with everything. Computed in float32 (float64 if given float64). `temperature` defaults to 0.1, the
+    value train.sh passes; the `hidden` reward manager keeps the reference's own default, 0.7, for a run that
+    passes none.
     """
     _check_inputs(main, query, negative, group_ids, mode, variant, temperature)
     dtype = torch.promote_types(main.dtype, torch.float32)

@@ -1,5 +1,8 @@
 """The `hidden` reward manager on real dataset rows, with the worker methods run in this process."""
 
+import inspect
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +261,9 @@ def test_a_custom_system_prompt_changes_every_prompt_and_the_pooled_prefix(setup
         assert tokenizer.decode(ids[:prefix_len]) == f"<|im_start|>system\n{custom}<|im_end|>\n<|im_start|>user\n"
         default_ids = default_row[f"{prefix}input_ids"][default_row[f"{prefix}attention_mask"].bool()]
         assert SYSTEM_PROMPT in tokenizer.decode(default_ids)
+
+
+def test_reward_temperature_defaults_are_the_references():
+    assert inspect.signature(HiddenRewardManager).parameters["temperature"].default == 0.7  # reference manager
+    assert inspect.signature(contrastive_rewards).parameters["temperature"].default == 0.1  # train.sh's value
+    assert "+reward_model.reward_kwargs.temperature=0.1" in (Path(__file__).parents[1] / "train.sh").read_text()
