@@ -62,8 +62,10 @@ def pool_hidden_states(
     """Masked mean of `hidden` [B, T, H] over valid tokens, skipping each row's first `prefix_len` valid tokens
     (one count for every row, or a [B] tensor of counts).
 
-    Works for any padding side (the skip counts valid tokens, not positions). Computed in float32 whatever
-    the input dtype; a row with no pooled token gives a zero vector, never NaN. Returns float32 [B, H].
+    Works for any padding side (the skip counts valid tokens, not positions). A row with fewer valid tokens than
+    its skip pools all of them, as the reference does when the system prefix is longer than the row. Computed in
+    float32 whatever the input dtype; a row with no pooled token gives a zero vector, never NaN. Returns float32
+    [B, H].
     """
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B, T, H] and attention_mask [B, T], got {tuple(hidden.shape)} and "
@@ -76,7 +78,8 @@ def pool_hidden_states(
         raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
     valid = attention_mask.bool()
     rank_among_valid = valid.long().cumsum(dim=1)  # 1 for the first valid token of each row
-    weights = (valid & (rank_among_valid > skip.reshape(-1, 1))).to(torch.float32)
+    skip = torch.where(skip > valid.sum(dim=1), 0, skip).reshape(-1, 1)
+    weights = (valid & (rank_among_valid > skip)).to(torch.float32)
     summed = torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1)
     pooled = summed / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     if normalize:

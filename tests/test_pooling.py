@@ -11,12 +11,13 @@ from grace.prompts import SYSTEM_PROMPT, chat_messages
 def oracle_pool(hidden, mask, prefix_len, normalize):
     rows = []
     for h_row, m_row in zip(hidden.to(torch.float64).tolist(), mask.tolist()):
+        skip = prefix_len if sum(m_row) >= prefix_len else 0  # the reference skips no token of a shorter row
         seen, total, count = 0, [0.0] * len(h_row[0]), 0
         for h_tok, valid in zip(h_row, m_row):
             if not valid:
                 continue
             seen += 1
-            if seen <= prefix_len:
+            if seen <= skip:
                 continue
             total = [a + b for a, b in zip(total, h_tok)]
             count += 1
@@ -55,6 +56,14 @@ def test_row_without_pooled_tokens_is_zero_not_nan():
     got = pool_hidden_states(hidden, mask, prefix_len=3)
     assert torch.equal(got[0], torch.zeros(4)) and torch.equal(got[1], torch.zeros(4))
     assert torch.isfinite(got).all() and abs(got[2].norm().item() - 1) < 1e-6
+
+
+def test_row_shorter_than_the_prefix_pools_all_its_tokens():
+    hidden = torch.randn(2, 5, 4)
+    mask = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 1, 1]])
+    got = pool_hidden_states(hidden, mask, prefix_len=3, normalize=False)
+    torch.testing.assert_close(got[0], hidden[0, 3:].mean(0))  # 2 valid tokens < 3: all pooled
+    torch.testing.assert_close(got[1], hidden[1, 4])  # 4 valid tokens: the first 3 skipped
 
 
 def test_pooling_span_selects_positions_one_by_one():
