@@ -4,6 +4,7 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -204,10 +205,11 @@ def test_identical_rollouts_are_embedded_once_and_get_zero_advantage(setup):
     assert torch.count_nonzero(advantages[group]) == 0
 
 
-def test_validation_batch_without_uid_groups_by_prompt(setup):
+def test_batch_without_uid_groups_by_prompt(setup):
     tokenizer, model, dataset = setup
     workers = InProcessWorkers(model, tokenizer.eos_token_id)
     batch = rollout_batch(dataset, workers, n=2, with_uid=False)
+    batch.non_tensor_batch.pop("uid")  # the dataset's own
     manager_for(tokenizer, workers)(batch, return_dict=True)
     assert workers.generated_rows == [2 * len(dataset)]
 
@@ -267,3 +269,17 @@ def test_reward_temperature_defaults_are_the_references():
     assert inspect.signature(HiddenRewardManager).parameters["temperature"].default == 0.7  # reference manager
     assert inspect.signature(contrastive_rewards).parameters["temperature"].default == 0.1  # train.sh's value
     assert "+reward_model.reward_kwargs.temperature=0.1" in (Path(__file__).parents[1] / "train.sh").read_text()
+
+
+def test_duplicate_validation_texts_stay_separate_groups(setup, tmp_path):
+    tokenizer, _, dataset = setup
+    frame = pd.read_parquet(dataset.data_files[0])
+    duplicated = tmp_path / "duplicated.parquet"
+    pd.concat([frame.iloc[[0]], frame.iloc[[0]], frame.iloc[[1]]]).to_parquet(duplicated)
+    config = OmegaConf.create({"max_prompt_length": 256, "truncation": "error", "filter_overlong_prompts": False,
+                               "cache_dir": str(tmp_path)})
+    rows = GraceRLDataset(str(duplicated), tokenizer, config)
+    batch = DataProto.from_single_dict(collate_fn([rows[i] for i in range(3)]))
+    assert torch.equal(batch.batch["input_ids"][0], batch.batch["input_ids"][1])  # the same text twice
+    batch = batch.repeat(2, interleave=True)  # validation's val_kwargs.n samples per row share their group
+    assert group_ids_of(batch).tolist() == [0, 0, 1, 1, 2, 2]

@@ -65,6 +65,9 @@ class GraceRLDataset(RLHFDataset):
 
     def __getitem__(self, item):
         row = super().__getitem__(item)
+        # Each row its own group: verl's validation sets no uid, and grouping by prompt content would merge
+        # duplicate texts into one group. Training batches get fresh uids from verl's fit() over this one.
+        row["uid"] = f"row-{item}"
         if self.train_mode == "supervised":
             documents = {"query": row["multi_input"]["query"], "negative_doc": row["multi_input"]["negative_document"]}
             for prefix, text in documents.items():

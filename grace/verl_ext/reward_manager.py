@@ -3,8 +3,8 @@
 Selected with `reward_model.reward_manager=hidden`; its settings come from `+reward_model.reward_kwargs.*`
 with the reference's names and defaults (temperature 0.7 when omitted; train.sh passes 0.1). Per call:
 
-1. group the rollouts: verl's `uid` (the GRPO groups); validation batches carry none, so rows with the same
-   main prompt form a group there;
+1. group the rollouts: by `uid` (in training verl's GRPO groups; in validation the dataset row's own, so that
+   duplicate texts stay separate groups); a batch without uids groups rows with the same main prompt;
 2. one rationale per group for the query and, in supervised mode, the negative document (unsupervised: a second
    rollout of the main prompt, the anchor), sampled by the actor workers at `rationale_temperature` (0.5; 0 is
    greedy, which the TaskRunner uses for validation so that the validation reward is a fixed measurement);
