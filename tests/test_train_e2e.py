@@ -84,6 +84,8 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
         assert "timing_s/ref" not in step  # kl_loss_coef=0: no reference policy
         assert 0 <= step["grace/group_all_equal"] <= 1 and step["grace/group_reward_std"] >= 0
         assert step["actor/entropy"] > 0 and step["response_length/mean"] > 0
+        # whole-batch means, the same rows as verl's score (no length penalty here)
+        assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
     assert any(m["actor/grad_norm"] > 0 for m in metrics)
     actor = tmp_path / "checkpoints/global_step_2/actor"
     assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()

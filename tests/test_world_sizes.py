@@ -16,7 +16,7 @@ from verl.utils.torch_functional import get_response_mask
 from grace.embedding import embed_sequences
 from grace.pooling import system_prefix_length
 from grace.verl_ext.reward_manager import HiddenRewardManager
-from grace.verl_ext.worker import pooled_embeddings_in_token_budget
+from grace.verl_ext.worker import BATCH_METRICS_KEY, pooled_embeddings_in_token_budget
 from tests.test_reward import oracle_rewards
 from tests.test_reward_manager import rollout_batch, setup  # noqa: F401  (the module fixture)
 
@@ -103,6 +103,16 @@ def test_rewards_are_identical_at_every_world_size_and_rank_order(scene):
             result, _ = rewards_at(scene, world_size, reverse)
             assert torch.equal(result["reward_tensor"], reference["reward_tensor"]), (world_size, reverse)
             assert result["reward_extra_info"] == reference["reward_extra_info"], (world_size, reverse)
+
+
+def test_step_metrics_are_means_over_the_whole_batch(scene):
+    tokenizer, model, batch = scene
+    batch = batch[torch.arange(len(batch))]  # a copy: the manager writes the means into its meta_info
+    result, _ = rewards_at(scene, 4, batch=batch)
+    means = batch.meta_info[BATCH_METRICS_KEY]
+    for name, values in result["reward_extra_info"].items():
+        assert means[name] == pytest.approx(float(np.mean(values)), abs=1e-12)
+    assert len(result["reward_extra_info"]["grace/total"]) == len(batch)  # every row, not one rank's chunk
 
 
 def test_permuting_the_batch_permutes_the_rewards(scene):

@@ -33,7 +33,7 @@ from verl.workers.reward_manager import register
 from grace.pooling import POOLING_SPANS, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, token_id_list
 from grace.reward import apply_length_penalty, contrastive_rewards
-from grace.verl_ext.worker import REWARD_METRIC_PREFIX
+from grace.verl_ext.worker import BATCH_METRICS_KEY, REWARD_METRIC_PREFIX
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -218,6 +218,8 @@ class HiddenRewardManager:
         spread, all_equal = group_reward_spread(total, group_of_row, groups)
         extra_info[f"{REWARD_METRIC_PREFIX}group_reward_std"] = spread.tolist()
         extra_info[f"{REWARD_METRIC_PREFIX}group_all_equal"] = all_equal.tolist()
+        # verl keeps one rank's update_actor metrics; the means travel with the batch to every rank instead
+        data.meta_info[BATCH_METRICS_KEY] = {name: float(np.mean(values)) for name, values in extra_info.items()}
         self._print_examples(data, rationales, first_rows, group_of_row, parts, total)
         return reward_tensor, extra_info
 

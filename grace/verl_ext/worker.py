@@ -7,15 +7,14 @@
   the worker, never per-token hidden states. Each forward holds at most the token budget of verl's log-prob pass
   (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`) of positions, valid tokens only, whether or not
   dynamic batching is on.
-- `update_actor`: verl's update, plus the batch means of the reward components (the `grace/*` columns the
-  `hidden` reward manager returned) in the step metrics, which verl 0.4.1 otherwise never logs.
+- `update_actor`: verl's update, plus the whole batch's means of the reward components (`grace/*`, which the
+  `hidden` reward manager put in the batch's meta_info) in the step metrics, which verl 0.4.1 otherwise never logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from verl import DataProto
@@ -29,6 +28,7 @@ from verl.workers.sharding_manager.base import BaseShardingManager
 from grace.embedding import embed_sequences
 
 REWARD_METRIC_PREFIX = "grace/"
+BATCH_METRICS_KEY = "grace_batch_metrics"  # meta_info: the reward manager's means over the whole batch
 
 
 def token_budget_micro_batches(lengths: list[int], max_token_len: int, count: int = 0) -> list[list[int]]:
@@ -76,12 +76,6 @@ def pooled_embeddings_in_token_budget(model, batch, max_token_len: int) -> torch
         for row, embedding in zip(rows, embed_sequences(model, input_ids, mask, positions, batch["pool_skip"][rows])):
             pooled[row] = embedding
     return torch.stack(pooled)
-
-
-def reward_component_means(data: DataProto) -> dict[str, float]:
-    """Means of the `grace/*` per-row columns the hidden reward manager added to the batch."""
-    return {key: float(np.mean(values.astype(np.float64)))
-            for key, values in data.non_tensor_batch.items() if key.startswith(REWARD_METRIC_PREFIX)}
 
 
 def give_base_sharding_manager_timing() -> None:
@@ -143,5 +137,7 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
         output = super().update_actor(data)
-        output.meta_info["metrics"].update(reward_component_means(data))
+        # The whole batch's means, computed by the reward manager in the driver: every rank's chunk carries them, so
+        # whichever rank's metrics verl keeps, they describe all rows.
+        output.meta_info["metrics"].update(data.meta_info.get(BATCH_METRICS_KEY, {}))
         return output
