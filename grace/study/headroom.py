@@ -132,7 +132,7 @@ def headroom(encoder: GraceEncoder, documents: int, n: int, rollout: GenerationS
         greedy_units = retrieval_per_query(query_emb[span], greedy_emb[span])["hit_at_1"]
         random_units = retrieval_per_query(query_emb[span], main[np.arange(documents), random_pick])["hit_at_1"]
         entry = {"greedy_accuracy_at_1": accuracy(greedy_units), "random_accuracy_at_1": accuracy(random_units),
-                 "greedy_minus_random": paired_bootstrap(greedy_units, random_units), "variants": {}}
+                 "greedy_minus_random": paired_bootstrap(100 * greedy_units, 100 * random_units), "variants": {}}
         for variant in VARIANTS:
             rewards = sample_rewards(main, query_emb[span], greedy_emb[span][negatives], variant, groups_per_batch,
                                      reward_temperature)
@@ -140,7 +140,7 @@ def headroom(encoder: GraceEncoder, documents: int, n: int, rollout: GenerationS
             best_units = retrieval_per_query(query_emb[span], main[np.arange(documents), best])["hit_at_1"]
             entry["variants"][variant] = {
                 "best_accuracy_at_1": accuracy(best_units),
-                "best_minus_random": paired_bootstrap(best_units, random_units),
+                "best_minus_random": paired_bootstrap(100 * best_units, 100 * random_units),  # points
                 "mean_within_group_reward_std": float(rewards.std(axis=1, ddof=1).mean()) if n > 1 else 0.0,
                 "best_index": best.tolist(), "rewards": rewards.round(6).tolist()}
         result["spans"][span] = entry
@@ -154,7 +154,7 @@ def headroom_markdown(result: dict, settings: dict) -> str:
              f"{result['mean_sample_length']:.1f}); reward temperature {result['reward_temperature']}, "
              f"{result['groups_per_batch']} documents per reward batch. Retrieval accuracy@1 (%) of the documents from "
              f"their descriptions; prompt-only embedding: {result['prompt_only_accuracy_at_1']:.1f}.", "",
-             "| span | variant | greedy | random sample | best of n by reward | best - random [95% CI] | "
+             "| span | variant | greedy | random sample | best of n by reward | best - random, points [95% CI] | "
              "mean within-group reward std |", "|---|---|---|---|---|---|---|"]
     for span, entry in result["spans"].items():
         for variant, v in entry["variants"].items():
