@@ -1,4 +1,7 @@
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
 
@@ -10,6 +13,20 @@ def pytest_configure(config):
     for name, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                         "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(name, value)
+    # Whatever tests and libraries put in the temp folder (verl's checkpoint locks, Ray's session folder, pytest's
+    # tmp_path) goes into one folder of this session, removed at its end: nothing is left in the system's.
+    config.grace_temp = tempfile.mkdtemp(prefix="grace-tests-")
+    os.environ["TMPDIR"] = config.grace_temp
+    tempfile.tempdir = None  # gettempdir() caches its first answer
+
+
+def pytest_unconfigure(config):
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    shutil.rmtree(config.grace_temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

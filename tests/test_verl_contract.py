@@ -9,6 +9,8 @@ needs the policy's hidden states).
 import ast
 import importlib
 import inspect
+import os
+import tempfile
 from importlib.metadata import requires
 from pathlib import Path
 
@@ -95,3 +97,15 @@ def test_package_metadata_bounds_verl_below_0_5():
     requirements = requires("grace-embed") or []
     assert any(r.replace(" ", "").startswith("verl") and "<0.5" in r.replace(" ", "") for r in requirements), \
         requirements
+
+
+def test_temporary_files_stay_in_the_session_folder(tmp_path):
+    # verl takes a lock file in the temp folder for every checkpoint directory it creates (`local_mkdir_safe`).
+    from verl.utils.fs import local_mkdir_safe
+
+    session = Path(os.environ["TMPDIR"])
+    assert session.name.startswith("grace-tests-") and Path(tempfile.gettempdir()) == session
+    before = set(session.glob("ckpt_*.lock"))
+    local_mkdir_safe(str(tmp_path / "global_step_1"))
+    assert len(set(session.glob("ckpt_*.lock")) - before) == 1
+    assert tmp_path.is_relative_to(session)
