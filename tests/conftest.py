@@ -1,7 +1,9 @@
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,23 @@ def pytest_configure(config):
     config.grace_temp = tempfile.mkdtemp(prefix="grace-tests-")
     os.environ["TMPDIR"] = config.grace_temp
     tempfile.tempdir = None  # gettempdir() caches its first answer
+    config.grace_repo_files = repository_changes()
+
+
+def repository_changes() -> set[str] | None:
+    """Modified and untracked (not ignored) paths of the checkout, or None outside a git checkout."""
+    done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Tests write nothing into the repository (Hydra's outputs/, checkpoints, caches): a run that does fails.
+    before = session.config.grace_repo_files
+    written = sorted(repository_changes() - before) if before is not None else []
+    if written:
+        print(f"\ntests wrote into the repository: {written}", file=sys.stderr)
+        session.exitstatus = 1
 
 
 def pytest_unconfigure(config):

@@ -283,3 +283,32 @@ def test_duplicate_validation_texts_stay_separate_groups(setup, tmp_path):
     assert torch.equal(batch.batch["input_ids"][0], batch.batch["input_ids"][1])  # the same text twice
     batch = batch.repeat(2, interleave=True)  # validation's val_kwargs.n samples per row share their group
     assert group_ids_of(batch).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_pad_token_that_is_also_an_eos_ends_the_response_and_is_pooled_once(setup):
+    tokenizer, model, dataset = setup
+    end = tokenizer.pad_token_id  # <|endoftext|>: the pad token and an EOS of the generation config (Qwen3-style)
+    eos_ids = [tokenizer.eos_token_id, end]
+
+    class EndingInPad:
+        def append_response(self, ids, mask, positions):
+            response = torch.randint(3, 100, (len(ids), RESPONSE), generator=torch.Generator().manual_seed(0))
+            response[:, 3:] = end  # three tokens, the end token, then padding with the same id
+            return {"prompts": ids, "responses": response, "input_ids": torch.cat([ids, response], 1),
+                    "attention_mask": torch.cat([mask, get_response_mask(response, eos_ids, mask.dtype)], 1),
+                    "position_ids": torch.cat([positions, positions[:, -1:] + torch.arange(1, RESPONSE + 1)], 1)}
+
+    batch = rollout_batch(dataset, EndingInPad(), n=2)
+    workers = InProcessWorkers(model, tokenizer.eos_token_id)
+    manager = HiddenRewardManager(tokenizer, temperature=0.1, eos_token_ids=eos_ids)
+    manager.attach_worker_group(workers)
+    extra = manager(batch, return_dict=True)["reward_extra_info"]
+    b = batch.batch
+    assert b["attention_mask"][:, -RESPONSE:].sum(-1).eq(4).all()  # the first end token is in, the padding out
+    prefix = system_prefix_length(tokenizer)
+    alone = torch.cat([embed_sequences(model, ids[None], torch.ones(1, len(ids)), prefix_len=prefix)
+                       for ids in (row[mask.bool()] for row, mask in zip(b["input_ids"], b["attention_mask"]))])
+    _, ids = np.unique(batch.non_tensor_batch["uid"].astype(str), return_inverse=True)
+    expected = contrastive_rewards(alone, alone, alone, torch.from_numpy(ids), mode="supervised", temperature=0.1)
+    torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
+    assert extra["grace/length_penalized"] == [0.0] * len(batch)  # ended by an EOS, not by the budget
