@@ -127,3 +127,26 @@ def test_reference_train_sh_overrides_are_accepted(script, mode):
                  "cross_group_weight: 0.2", "train_batch_size: 64", "max_response_length: 2048", "lr: 1.0e-06"]:
         assert line in done.stdout
     assert f"data/{mode}_filtered_overlong/train.parquet" in done.stdout
+
+
+def test_two_ranks_give_the_rewards_of_one(tiny_model_path, tmp_path):
+    """verl's real data flow over 2 FSDP2 ranks (gloo): with greedy rollouts and rationales every reward is a function
+    of the prompts, so one step at 1 and at 2 ranks scores every row the same, and the logged grace/total is the
+    whole batch's mean (verl's score mean), not one rank's."""
+    data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8)
+    scores = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks_{ranks}"
+        run_grace(compose_config(tiny_overrides(data, tiny_model_path, out, steps=1) + GRACE_OVERRIDES + [
+            "+data.train_mode=supervised", f"trainer.n_gpus_per_node={ranks}", "trainer.save_freq=-1",
+            f"ray_init.num_cpus={ranks + 1}",  # Ray's logical CPUs: the task runner and one per rank
+            "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.do_sample=False",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+            "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",  # HF rollout under FSDP2, 2 ranks
+            "+reward_model.reward_kwargs.rationale_temperature=0", "+trainer.cpu_dtype=float32"]))
+        (step,) = read_metrics(out)
+        assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
+        with open(out / "rollouts/1.jsonl", encoding="utf-8") as f:
+            scores[ranks] = sorted((row["input"], row["output"], row["score"]) for row in map(json.loads, f))
+    assert [row[:2] for row in scores[1]] == [row[:2] for row in scores[2]] and len(scores[1]) == 4
+    assert [row[2] for row in scores[2]] == pytest.approx([row[2] for row in scores[1]], abs=1e-4)
