@@ -312,3 +312,16 @@ def test_a_pad_token_that_is_also_an_eos_ends_the_response_and_is_pooled_once(se
     expected = contrastive_rewards(alone, alone, alone, torch.from_numpy(ids), mode="supervised", temperature=0.1)
     torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
     assert extra["grace/length_penalized"] == [0.0] * len(batch)  # ended by an EOS, not by the budget
+
+
+def test_more_than_one_rationale_per_request_is_refused(setup):
+    tokenizer, model, dataset = setup
+
+    class TwoPerRequest(InProcessWorkers):
+        def generate_rationales(self, data):
+            one = super().generate_rationales(data)
+            return DataProto.concat([one, one])  # as a rollout that ignored n=1 would
+
+    workers = TwoPerRequest(model, tokenizer.eos_token_id)
+    with pytest.raises(RuntimeError, match=r"returned \d+ rationale rows for \d+ requests"):
+        manager_for(tokenizer, workers)(rollout_batch(dataset, workers), return_dict=True)

@@ -200,6 +200,9 @@ class HiddenRewardManager:
                           "position_ids": batch["position_ids"][first_rows, :prompt_width]}]
         stacked = {key: torch.cat([d[key] for d in documents]) for key in SEQUENCE_KEYS}
         rationales = self._generate_rationales(stacked).batch
+        if len(rationales) != len(stacked["input_ids"]):  # n rows per request would pair groups with wrong rationales
+            raise RuntimeError(f"the workers returned {len(rationales)} rationale rows for "
+                               f"{len(stacked['input_ids'])} requests; expected one each")
         groups = len(first_rows)
         embeddings = self._embed([batch, rationales])
         main = embeddings[:size]
