@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grace.data.assets import smollm2_hf_folder  # noqa: E402
 from grace.encoder import GraceEncoder, left_pad  # noqa: E402
 from grace.evaluation.local_tasks import retrieval_articles  # noqa: E402
-from grace.generation import ContinuousBatchGenerator, GenerationSettings  # noqa: E402
+from grace.generation import ContinuousBatchGenerator, GenerationSettings, until_eos  # noqa: E402
 
 RANDOM_QWEN = "random-qwen2.5-1.5b"
 
@@ -97,9 +97,7 @@ def generate_in_fixed_batches(model, prompts, settings, eos_ids, pad_id, batch_s
                                 temperature=None)
         new = output[:, ids.shape[1] :].tolist()
         steps += len(new[0])
-        for row in new:
-            ends = [i for i, token in enumerate(row) if token in eos_ids]
-            rationales.append(row[: ends[0] + 1] if ends else row)
+        rationales.extend(until_eos(row, eos_ids) for row in new)
     return rationales, steps
 
 

@@ -12,9 +12,9 @@ reference; `response`: the rationale alone), in float32, L2-normalised (`grace.e
 training workers call). `rationale=False` embeds the prompt alone (the paper's "direct forward").
 
 Generation backends (`grace.generation`): continuous batching over a Hugging Face model (CPU or GPU; all texts of
-a call, in chunks of similar length) and vLLM (GPU only; imported only when chosen). `backend="auto"` takes vLLM when it is installed and CUDA is available. Identical texts in one
-call are generated and embedded once. A generation error raises; nothing is ever replaced by an empty rationale.
-Empty strings are embedded like any text (the prompt with empty user content).
+a call, in chunks of similar length) and vLLM (GPU only; imported only when chosen). `backend="auto"` takes vLLM
+when it is installed and CUDA is available. Identical texts in one call are generated and embedded once. A
+generation error raises; nothing is ever replaced by an empty rationale. Empty strings are embedded like any text (the prompt with empty user content).
 """
 
 from __future__ import annotations
@@ -135,18 +135,19 @@ class GraceEncoder:
         otherwise."""
         known = self.rationale_cache.get_many(texts) if self.rationale_cache is not None else {}
         missing = [i for i, text in enumerate(texts) if text not in known]
-        save = None
-        if self.rationale_cache is not None:
-            save = lambda chunk: self.rationale_cache.put_many({texts[missing[j]]: ids for j, ids in chunk.items()})  # noqa: E731
-        generated = self.generate_rationale_ids([prompts[i] for i in missing], show_progress_bar, on_chunk=save)
+        def save(chunk: dict[int, list[int]]) -> None:
+            self.rationale_cache.put_many({texts[missing[j]]: ids for j, ids in chunk.items()})
+
+        generated = self.generate_rationale_ids([prompts[i] for i in missing], show_progress_bar,
+                                                on_chunk=save if self.rationale_cache is not None else None)
         new = {texts[i]: ids for i, ids in zip(missing, generated)}
         return [known[text] if text in known else new[text] for text in texts]
 
     @torch.no_grad()
     def embed_token_sequences(self, sequences: list[list[int]], batch_size: int = 8, show_progress_bar: bool = False,
                               prompt_lengths: list[int] | None = None) -> np.ndarray:
-        """float32 [N, H] embeddings of full token sequences (prompt + rationale), in batches of similar length, pooled
-        over the settings' span; `prompt_lengths` (each sequence's prompt tokens) is needed for `response`."""
+        """float32 [N, H] embeddings of full token sequences (prompt + rationale), in batches of similar length,
+        pooled over the settings' span; `prompt_lengths` (each sequence's prompt tokens) is needed for `response`."""
         if prompt_lengths is None:
             if self.settings.pooling_span == "response":
                 raise ValueError("pooling_span='response' needs each sequence's prompt length")

@@ -106,9 +106,6 @@ class SlotKVCache(DynamicCache):
         self.layers_written = 0
         self.end += width
 
-    def bytes_per_slot(self) -> int:
-        return sum(b[0].numel() * b.element_size() for b in self.key_buffers + self.value_buffers)
-
     def copy_in(self, slots: torch.Tensor, source: "SlotKVCache", width: int) -> None:
         """Put the first `width` columns of `source`'s rows into `slots`, ending at column `end`."""
         while len(self.key_buffers) < len(source.key_buffers):
@@ -172,18 +169,19 @@ def default_slots(model, capacity: int) -> int:
 
 @dataclass
 class DecodeStats:
-    """What a `generate` call did: decode steps, slot-steps spent on live rows, tokens, prefill tokens."""
+    """What a `generate` call did: decode steps, slot-steps (slots x steps) and those of live rows, generated tokens
+    (each row's first comes from its prefill), window shifts."""
 
     decode_steps: int = 0
     slot_steps: int = 0
+    live_slot_steps: int = 0
     generated_tokens: int = 0
-    prefill_tokens: int = 0
     window_shifts: int = 0
 
     @property
     def slot_use(self) -> float:
         """Fraction of the decoded slot-steps that produced a token of a live row."""
-        return self.generated_tokens / self.slot_steps if self.slot_steps else 0.0
+        return self.live_slot_steps / self.slot_steps if self.slot_steps else 0.0
 
 
 class ContinuousBatchGenerator:
@@ -260,7 +258,8 @@ class _Decode:
         while free_slots and self.waiting:
             width = len(self.prompts[self.waiting[0]])
             rows = []
-            while (self.waiting and len(rows) < len(free_slots) and (len(rows) + 1) * width <= max(PREFILL_TOKENS, width)
+            budget = max(PREFILL_TOKENS, width)
+            while (self.waiting and len(rows) < len(free_slots) and (len(rows) + 1) * width <= budget
                    and 4 * len(self.prompts[self.waiting[0]]) >= 3 * width):
                 rows.append(self.waiting.popleft())
             count = len(rows)
@@ -276,7 +275,6 @@ class _Decode:
             attention = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
             prefill = SlotKVCache(count, width)
             first = self.model_step(ids, attention[:, None], (mask.long().cumsum(-1) - 1).clamp(min=0), prefill)
-            self.stats.prefill_tokens += int(mask.sum())
             index = torch.tensor(slots, device=device)
             self.cache.copy_in(index, prefill, width)
             self.valid[index] = False
@@ -318,6 +316,7 @@ class _Decode:
         self.next_tokens = tokens
         self.stats.decode_steps += 1
         self.stats.slot_steps += len(self.row_of_slot)
+        self.stats.live_slot_steps += len(live)
         self.record(tokens, list(range(len(self.row_of_slot))))
 
     def shift_window(self, first_live_column: int) -> None:

@@ -64,6 +64,8 @@ def test_continuous_batching_gives_the_rationales_of_one_prompt_at_a_time(chaoti
         assert generator.generate(prompts, settings, on_finished=finished.append) == expected, f"{slots} slots"
         assert sum(finished) == len(prompts)
         assert generator.stats.generated_tokens == sum(len(r) for r in expected)
+        # every token but a row's first (from its prefill) took one live slot in one decode step
+        assert generator.stats.live_slot_steps == sum(len(r) - 1 for r in expected) <= generator.stats.slot_steps
     single = ContinuousBatchGenerator(chaotic_model, [eos], pad_id=0, slots=1)
     single.generate(prompts, settings)
     assert single.stats.window_shifts >= 1  # twelve rows through one slot fill the buffers: the window slid
@@ -110,7 +112,8 @@ def test_bad_requests_are_refused(chaotic_model, prompts, monkeypatch):
 
 def test_the_attention_implementation_is_restored(chaotic_model, prompts):
     before = chaotic_model.config._attn_implementation
-    ContinuousBatchGenerator(chaotic_model, [10**6], pad_id=0).generate(prompts[:2], GenerationSettings(max_new_tokens=2))
+    generator = ContinuousBatchGenerator(chaotic_model, [10**6], pad_id=0)
+    generator.generate(prompts[:2], GenerationSettings(max_new_tokens=2))
     assert chaotic_model.config._attn_implementation == before
 
 

@@ -27,6 +27,14 @@ from tests.training import write_tiny_dataset
 RESPONSE = 8
 
 
+def with_response(prompt_ids, prompt_mask, prompt_pos, response, eos_ids):
+    """A verl rollout batch: left-padded prompts followed by responses, masked up to and including the first EOS."""
+    mask = torch.cat([prompt_mask, get_response_mask(response, eos_ids, prompt_mask.dtype)], dim=1)
+    positions = torch.cat([prompt_pos, prompt_pos[:, -1:] + torch.arange(1, response.shape[1] + 1)], dim=1)
+    return {"prompts": prompt_ids, "responses": response, "input_ids": torch.cat([prompt_ids, response], 1),
+            "attention_mask": mask, "position_ids": positions}
+
+
 class InProcessWorkers:
     """Stands in for the actor worker group: same method names, run on a plain HF model."""
 
@@ -45,10 +53,7 @@ class InProcessWorkers:
     def append_response(self, prompt_ids, prompt_mask, prompt_pos):
         response = torch.randint(3, 100, (len(prompt_ids), RESPONSE), generator=self.generator)
         response[::2, 4] = self.eos_id  # half of them stop early
-        mask = torch.cat([prompt_mask, get_response_mask(response, self.eos_id, prompt_mask.dtype)], dim=1)
-        positions = torch.cat([prompt_pos, prompt_pos[:, -1:] + torch.arange(1, RESPONSE + 1)], dim=1)
-        return {"prompts": prompt_ids, "responses": response, "input_ids": torch.cat([prompt_ids, response], 1),
-                "attention_mask": mask, "position_ids": positions}
+        return with_response(prompt_ids, prompt_mask, prompt_pos, response, self.eos_id)
 
     def generate_rationales(self, data):
         assert len(data) % self.world_size == 0
@@ -294,9 +299,7 @@ def test_a_pad_token_that_is_also_an_eos_ends_the_response_and_is_pooled_once(se
         def append_response(self, ids, mask, positions):
             response = torch.randint(3, 100, (len(ids), RESPONSE), generator=torch.Generator().manual_seed(0))
             response[:, 3:] = end  # three tokens, the end token, then padding with the same id
-            return {"prompts": ids, "responses": response, "input_ids": torch.cat([ids, response], 1),
-                    "attention_mask": torch.cat([mask, get_response_mask(response, eos_ids, mask.dtype)], 1),
-                    "position_ids": torch.cat([positions, positions[:, -1:] + torch.arange(1, RESPONSE + 1)], 1)}
+            return with_response(ids, mask, positions, response, eos_ids)
 
     batch = rollout_batch(dataset, EndingInPad(), n=2)
     workers = InProcessWorkers(model, tokenizer.eos_token_id)

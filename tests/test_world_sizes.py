@@ -11,16 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl import DataProto
 from verl.single_controller.base.decorator import collect_dp_compute_data_proto, dispatch_dp_compute_data_proto
 from verl.single_controller.base.worker_group import WorkerGroup
-from verl.utils.torch_functional import get_response_mask
 
 from grace.embedding import embed_sequences
 from grace.pooling import system_prefix_length
 from grace.verl_ext.reward_manager import HiddenRewardManager
 from grace.verl_ext.worker import BATCH_METRICS_KEY, pooled_embeddings_in_token_budget
 from tests.test_reward import oracle_rewards
-from tests.test_reward_manager import rollout_batch, setup  # noqa: F401  (the module fixture)
-
-RESPONSE = 8
+from tests.test_reward_manager import RESPONSE, rollout_batch, setup, with_response  # noqa: F401  (the fixture)
 
 
 def deterministic_response(prompt_ids, prompt_mask, eos_id):
@@ -55,10 +52,8 @@ class RankedWorkers(WorkerGroup):
         def rank_generates(chunk):
             b = chunk.batch
             response = deterministic_response(b["input_ids"], b["attention_mask"], self.eos_id)
-            mask = torch.cat([b["attention_mask"], get_response_mask(response, self.eos_id, b["attention_mask"].dtype)], 1)
-            positions = torch.cat([b["position_ids"], b["position_ids"][:, -1:] + torch.arange(1, RESPONSE + 1)], 1)
-            return DataProto.from_dict({"prompts": b["input_ids"], "responses": response, "attention_mask": mask,
-                                        "input_ids": torch.cat([b["input_ids"], response], 1), "position_ids": positions})
+            return DataProto.from_dict(with_response(b["input_ids"], b["attention_mask"], b["position_ids"], response,
+                                                     self.eos_id))
 
         output = self._run(rank_generates, data)
         assert len(output) == len(data)  # one rationale row per request
@@ -79,10 +74,7 @@ def scene(setup):  # noqa: F811
     class Layout:  # only append_response is used by rollout_batch
         def append_response(self, ids, mask, positions):
             response = deterministic_response(ids, mask, tokenizer.eos_token_id)
-            full_mask = torch.cat([mask, get_response_mask(response, tokenizer.eos_token_id, mask.dtype)], 1)
-            return {"prompts": ids, "responses": response, "input_ids": torch.cat([ids, response], 1),
-                    "attention_mask": full_mask,
-                    "position_ids": torch.cat([positions, positions[:, -1:] + torch.arange(1, RESPONSE + 1)], 1)}
+            return with_response(ids, mask, positions, response, tokenizer.eos_token_id)
 
     return tokenizer, model, rollout_batch(dataset, Layout(), n=3)
 

@@ -48,6 +48,11 @@ def numbered_by_first_appearance(keys: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(first))[inverse.reshape(-1)]
 
 
+def first_rows_of(ids: np.ndarray) -> np.ndarray:
+    """Row of the first occurrence of each id 0, 1, ... (ids numbered by first appearance: rows ascending)."""
+    return np.unique(ids, return_index=True)[1]
+
+
 def group_ids_of(data: DataProto) -> torch.Tensor:
     """[B] int64 group ids numbered by first appearance in the batch: from verl's `uid`, or from identical main
     prompts when there is none. Numbering by appearance, not by the random uid strings, keeps the order of the
@@ -170,7 +175,7 @@ class HiddenRewardManager:
         content = torch.cat([tensors["input_ids"] * tensors["attention_mask"], tensors["attention_mask"],
                              tensors["position_ids"], tensors["pool_skip"][:, None]], dim=1)
         row_ids = numbered_by_first_appearance(torch.unique(content, dim=0, return_inverse=True)[1].numpy())
-        first_rows = torch.from_numpy(np.unique(row_ids, return_index=True)[1])
+        first_rows = torch.from_numpy(first_rows_of(row_ids))
         request = DataProto.from_dict(tensors={key: value[first_rows] for key, value in tensors.items()})
         embeddings = self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
         return embeddings[torch.from_numpy(row_ids)]
@@ -183,10 +188,8 @@ class HiddenRewardManager:
         responses = batch["responses"]
         size, response_width = responses.shape
         response_lengths = batch["attention_mask"][:, -response_width:].sum(dim=-1)
-        group_ids = group_ids_of(data)
-        _, first_rows, group_of_row = np.unique(group_ids.numpy(), return_index=True, return_inverse=True)
-        first_rows = torch.from_numpy(first_rows)
-        group_of_row = torch.from_numpy(group_of_row.reshape(-1))
+        group_of_row = group_ids_of(data)  # 0..G-1 by first appearance
+        first_rows = torch.from_numpy(first_rows_of(group_of_row.numpy()))
         supervised = "negative_doc_input_ids" in batch.keys()
         mode = "supervised" if supervised else "unsupervised"
 
@@ -209,7 +212,7 @@ class HiddenRewardManager:
         query = embeddings[size : size + groups][group_of_row]
         negative = embeddings[size + groups :][group_of_row] if supervised else None
 
-        parts = contrastive_rewards(main, query, negative, group_ids, mode=mode, **self.reward_settings)
+        parts = contrastive_rewards(main, query, negative, group_of_row, mode=mode, **self.reward_settings)
         total = parts["total"]
         if self.enable_length_penalty:
             last_tokens = responses.gather(1, (response_lengths - 1).clamp(min=0)[:, None]).squeeze(1)
