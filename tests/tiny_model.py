@@ -65,3 +65,28 @@ def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(folder)
     return folder
+
+
+def build_tiny_encoder(folder: Path, vocab_size: int = 300, seed: int = 0) -> Path:
+    """A random 2-layer BERT (hidden 32) with a WordPiece tokenizer trained on packaged Wikipedia extracts, saved
+    as a plain Hugging Face folder: sentence-transformers loads it with mean pooling."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from grace.data.assets import load_wiki_articles
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    wordpiece.train_from_iterator([a["extract"] for a in load_wiki_articles()[:300]], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config).save_pretrained(folder)
+    return folder

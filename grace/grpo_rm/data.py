@@ -1,0 +1,210 @@
+"""Labelled data for GRPO-RM: the packaged Wikipedia topics, any user file, the bundled digits, and fixed
+stratified splits.
+
+- `wiki-topics`: the lead sections of the packaged Wikipedia articles labelled by topic. Only GRACE's training
+  articles are used (`grace.data.demo.split_articles`), so GRACE's held-out evaluation articles stay unseen, and the
+  articles filed as "Uncategorized" are left out (a bin, not a topic): 11 classes.
+- a user file: JSONL, CSV or parquet with a `text` and a `label` column. Bad rows (not JSON, missing or empty
+  text, missing label) are skipped and reported with their line numbers (row numbers for parquet), as
+  `process_data.py` does; `strict` makes the first one an error.
+- `sentiment`: the 200 movie-review sentences of gensim's test data labelled positive / negative: the
+  out-of-distribution corpus of the comparison (different text, different labels).
+- `digits`: scikit-learn's bundled 8x8 digit images (1,797 images, 10 classes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grace.data.process import BadInputError, BadLineReport
+
+UNCATEGORIZED = "Uncategorized"
+
+
+@dataclass
+class LabelledData:
+    """Inputs (a list of texts or an image tensor) with integer labels into `class_names`."""
+
+    inputs: list[str] | torch.Tensor
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.inputs) != len(self.labels):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.inputs, list)
+
+    def subset(self, indices) -> "LabelledData":
+        indices = np.asarray(indices, dtype=np.int64)
+        inputs = [self.inputs[i] for i in indices] if self.is_text else self.inputs[torch.as_tensor(indices)]
+        return LabelledData(inputs, self.labels[indices], self.class_names)
+
+
+def _labelled(texts: list[str], label_values: list[str]) -> LabelledData:
+    class_names = sorted(set(label_values))
+    index = {name: i for i, name in enumerate(class_names)}
+    return LabelledData(texts, np.array([index[v] for v in label_values]), class_names)
+
+
+def wiki_topics() -> LabelledData:
+    from grace.data.assets import load_wiki_articles
+    from grace.data.demo import split_articles
+
+    training_articles, _ = split_articles(load_wiki_articles())
+    kept = [a for a in training_articles
+            if a.get("extract", "").strip() and a.get("topic") and a["topic"] != UNCATEGORIZED]
+    return _labelled([" ".join(a["extract"].split()) for a in kept], [a["topic"] for a in kept])
+
+
+def sentiment_sentences() -> LabelledData:
+    from grace.data.assets import gensim_test_data_folder
+
+    texts, labels = [], []
+    # the file is Windows-1252 (its dashes are byte 0x97), not UTF-8
+    with open(gensim_test_data_folder() / "pang_lee_polarity.cor", encoding="cp1252") as f:
+        for line in f:
+            label, _, text = line.strip().partition(" ")
+            texts.append(text)
+            labels.append(label.removeprefix("__label__"))
+    return _labelled(texts, labels)
+
+
+def digits() -> LabelledData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32)[:, None]
+    return LabelledData(images, bunch.target, [str(d) for d in range(10)])
+
+
+def _row_problem(row) -> str | None:
+    if not isinstance(row, dict):
+        return "a row that is not an object"
+    text, label = row.get("text"), row.get("label")
+    if text is None:
+        return "missing 'text'"
+    if not isinstance(text, str):
+        return "non-string 'text'"
+    if not text.strip():
+        return "empty 'text'"
+    if label is None or (isinstance(label, str) and not label.strip()):
+        return "missing 'label'"
+    if isinstance(label, (dict, list, float)):
+        return "a 'label' that is not a string or an integer"
+    return None
+
+
+def _rows(path: Path):
+    """(line or row number, row or None when unparseable, reason) for every row of the file."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    yield number, None, "blank line"
+                    continue
+                try:
+                    yield number, json.loads(line), None
+                except json.JSONDecodeError:
+                    yield number, None, "invalid JSON"
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+                raise BadInputError(f"{path}: the CSV header must name 'text' and 'label' columns, "
+                                    f"got {reader.fieldnames}")
+            for row in reader:
+                yield reader.line_num, row, None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if not {"text", "label"} <= set(table.column_names):
+            raise BadInputError(f"{path}: the parquet file needs 'text' and 'label' columns, "
+                                f"got {table.column_names}")
+        for number, row in enumerate(table.select(["text", "label"]).to_pylist(), start=1):
+            yield number, row, None
+    else:
+        raise BadInputError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def read_labelled_file(path: str | Path, strict: bool = False) -> tuple[LabelledData, BadLineReport]:
+    """A user's labelled file; labels may be strings or integers (classes are their sorted string forms)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labelled data file {path} does not exist")
+    report = BadLineReport()
+    texts, labels = [], []
+    for number, row, reason in _rows(path):
+        reason = reason or _row_problem(row)
+        if reason:
+            if strict:
+                raise BadInputError(f"{path}:{number}: {reason}")
+            report.add(reason, number)
+            continue
+        texts.append(" ".join(row["text"].split()))
+        labels.append(str(row["label"]).strip())
+    if len(set(labels)) < 2:
+        raise BadInputError(f"{path}: needs at least 2 classes among its usable rows, found {len(set(labels))} "
+                            f"({len(texts)} usable rows; {report.summary()})")
+    return _labelled(texts, labels), report
+
+
+def load_labelled(name: str, strict: bool = False) -> LabelledData:
+    """`wiki-topics`, `sentiment`, `digits`, or a file path (bad rows printed)."""
+    builtin = {"wiki-topics": wiki_topics, "sentiment": sentiment_sentences, "digits": digits}
+    if name in builtin:
+        return builtin[name]()
+    data, report = read_labelled_file(name, strict=strict)
+    if report.total:
+        print(f"{name}: {report.summary()}")
+    return data
+
+
+@dataclass
+class Splits:
+    train: LabelledData
+    dev: LabelledData
+    test: LabelledData
+
+
+def stratified_split(labels: np.ndarray, dev_per_class: int, test_per_class: int, train_per_class: int | None,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays (train, dev, test): per class, a seeded permutation gives the first `test_per_class` to test,
+    the next `dev_per_class` to dev and up to `train_per_class` (all when None) of the rest to train. Classes too
+    small to give every split one example raise."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < dev_per_class + test_per_class + 1:
+            raise ValueError(f"class {label} has {len(members)} examples: too few for {dev_per_class} dev, "
+                             f"{test_per_class} test and at least 1 training example")
+        rest = members[test_per_class + dev_per_class:]
+        parts[0].append(rest if train_per_class is None else rest[:train_per_class])
+        parts[1].append(members[test_per_class:test_per_class + dev_per_class])
+        parts[2].append(members[:test_per_class])
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
+
+
+def split(data: LabelledData, dev_per_class: int, test_per_class: int, train_per_class: int | None = None,
+          seed: int = 0) -> Splits:
+    train, dev, test = stratified_split(data.labels, dev_per_class, test_per_class, train_per_class, seed)
+    return Splits(data.subset(train), data.subset(dev), data.subset(test))

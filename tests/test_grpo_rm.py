@@ -1,0 +1,384 @@
+"""GRPO-RM: the exact properties of docs/grpo_rm.md on tiny encoders, the data readers, the evaluation against
+brute-force oracles, the command line; one slow run on the packaged MiniLM."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from grace.data.process import BadInputError
+from grace.grpo_rm import objective
+from grace.grpo_rm.data import LabelledData, load_labelled, read_labelled_file, split, stratified_split
+from grace.grpo_rm.evaluate import knn_predictions, probe_accuracy
+from grace.grpo_rm.loop import TrainConfig, batch_order, ce_step, grpo_rm_step, make_optimizer, train
+from grace.grpo_rm.policy import DigitsConvEncoder, RepresentationPolicy, TextEncoder, build_policy, make_head
+from tests.tiny_model import build_tiny_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_folder(tmp_path_factory):
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="module")
+def digits_data():
+    return load_labelled("digits")
+
+
+def text_batch():
+    texts = ["The cat sat on the mat.", "Paris is the capital of France.", "Photosynthesis turns light into sugar.",
+             "The Roman Empire fell in 476.", "Prime numbers have two divisors.", "Jazz began in New Orleans."]
+    return texts, torch.tensor([0, 1, 2, 1, 2, 0])
+
+
+# ---- advantages -------------------------------------------------------------------------------------------------
+
+def test_advantage_rows_sum_to_zero_and_ignore_a_per_input_constant():
+    rewards = torch.randn(5, 7, dtype=torch.float64)
+    advantages = objective.group_advantages(rewards)
+    assert torch.allclose(advantages.sum(-1), torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    shifted = objective.group_advantages(rewards + torch.randn(5, 1, dtype=torch.float64))
+    assert torch.allclose(shifted, advantages, atol=1e-12)
+
+
+def test_one_hot_reward_gives_the_closed_form_advantages():
+    num_classes = 6
+    advantages = objective.group_advantages(objective.accuracy_reward(torch.tensor([2]), num_classes).double())
+    # population std of a one-hot row is sqrt(C - 1) / C; the 1e-6 in the denominator moves the result by ~1e-5
+    assert advantages[0, 2].item() == pytest.approx(math.sqrt(num_classes - 1), rel=1e-5)
+    wrong = advantages[0, [0, 1, 3, 4, 5]]
+    assert torch.allclose(wrong, torch.full_like(wrong, -1 / math.sqrt(num_classes - 1)), rtol=1e-5)
+
+
+def test_constant_rewards_give_zero_advantages_not_nan():
+    advantages = objective.group_advantages(torch.full((3, 4), 0.7))
+    assert torch.equal(advantages, torch.zeros(3, 4))
+
+
+# ---- the objective's gradient and clipping ---------------------------------------------------------------------
+
+def test_gradient_at_ratio_one_is_minus_advantage_over_batch_times_classes():
+    torch.manual_seed(0)
+    batch, num_classes = 4, 5
+    logits = torch.randn(batch, num_classes, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 1, 4])
+    log_probs = torch.log_softmax(logits, -1)
+    rewards = objective.class_rewards(labels, log_probs.exp().detach(), "prob").double()
+    advantages = objective.group_advantages(rewards)
+    loss, stats = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages, clip_eps=0.2)
+    loss.backward()
+    expected = -advantages / (batch * num_classes)  # d log pi_j / d z_k = delta_jk - pi_k and sum_j A_j = 0
+    assert torch.allclose(logits.grad, expected, atol=1e-15)
+    assert stats["clip_fraction"] == 0.0 and stats["ratio_max_deviation"] == 0.0
+
+
+def test_gradient_is_exactly_zero_once_every_term_is_clipped():
+    labels = torch.tensor([1, 0])
+    old_log_probs = torch.log(torch.tensor([[0.3, 0.4, 0.3], [0.5, 0.25, 0.25]], dtype=torch.float64))
+    # true class probability up by more than 1 + eps, every wrong class down by more than 1 - eps
+    new_probs = torch.tensor([[0.1, 0.8, 0.1], [0.8, 0.1, 0.1]], dtype=torch.float64)
+    logits = new_probs.log().clone().requires_grad_(True)
+    advantages = objective.group_advantages(objective.accuracy_reward(labels, 3).double())
+    loss, stats = objective.grpo_rm_loss(torch.log_softmax(logits, -1), old_log_probs, advantages, clip_eps=0.2)
+    loss.backward()
+    assert stats["clip_fraction"] == 1.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_sampled_group_takes_the_loss_over_the_sampled_classes_only():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    log_probs = torch.log_softmax(logits, -1)
+    group = objective.sample_group(log_probs.exp(), 4, torch.Generator().manual_seed(0))
+    assert group.shape == (3, 4) and group.min() >= 0 and group.max() < 6
+    advantages = torch.randn(3, 4, dtype=torch.float64)
+    loss, _ = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages, group=group)
+    expected = -(advantages * torch.ones(3, 4, dtype=torch.float64)).mean()  # rho = 1 at theta_old
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-15)
+    with pytest.raises(ValueError, match="advantages of shape"):
+        objective.grpo_rm_loss(log_probs, log_probs.detach(), torch.zeros(3, 6), group=group)
+
+
+# ---- uniformity rewards ------------------------------------------------------------------------------------------
+
+def test_prob_uniformity_gives_the_more_probable_wrong_class_the_lower_advantage():
+    old_probs = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
+    labels = torch.tensor([0])
+    advantages = objective.group_advantages(objective.class_rewards(labels, old_probs, "prob"))
+    assert advantages[0, 1] < advantages[0, 2] < advantages[0, 3]
+    assert advantages[0, 0] == advantages[0].max()
+
+
+def test_uniformity_rewards_are_zero_for_the_true_class_and_vary_across_wrong_classes():
+    torch.manual_seed(0)
+    labels = torch.tensor([2, 0])
+    old_probs = torch.softmax(torch.randn(2, 4), -1)
+    embeddings, prototypes = torch.randn(2, 8), torch.randn(4, 8)
+    for kind in ("prob", "complement", "prototype"):
+        u = objective.uniformity_reward(kind, labels, old_probs, embeddings, prototypes)
+        assert u[0, 2] == 0 and u[1, 0] == 0, kind
+        assert (u <= 0).all(), kind
+        assert u[0, [0, 1, 3]].std() > 0, kind
+    assert torch.equal(objective.uniformity_reward("none", labels, old_probs), torch.zeros(2, 4))
+
+
+def test_complement_uniformity_is_zero_on_flat_wrong_classes_and_prototype_is_minus_one_on_its_class():
+    flat = torch.tensor([[0.4, 0.2, 0.2, 0.2]])
+    assert torch.allclose(objective.uniformity_reward("complement", torch.tensor([0]), flat), torch.zeros(1, 4),
+                          atol=1e-7)
+    prototypes = torch.eye(3)
+    u = objective.uniformity_reward("prototype", torch.tensor([0]), torch.full((1, 3), 1 / 3),
+                                    embeddings=torch.tensor([[0.0, 5.0, 0.0]]), prototypes=prototypes)
+    assert u[0, 1].item() == pytest.approx(-1.0)  # the embedding points at class 1's prototype
+    assert u[0, 2].item() == pytest.approx(-math.exp(-2 * 2.0))  # orthogonal unit vectors: squared distance 2
+
+
+def test_bad_settings_are_refused_with_their_name():
+    with pytest.raises(ValueError, match="uniformity must be one of"):
+        objective.uniformity_reward("entropy", torch.tensor([0]), torch.ones(1, 2) / 2)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        objective.accuracy_reward(torch.tensor([3]), 3)
+    with pytest.raises(ValueError, match="prototype uniformity needs"):
+        objective.uniformity_reward("prototype", torch.tensor([0]), torch.ones(1, 2) / 2)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="ppo")
+    with pytest.raises(ValueError, match="clip_eps"):
+        TrainConfig(clip_eps=1.5)
+    with pytest.raises(ValueError, match="group_size"):
+        TrainConfig(group_size=1)
+    with pytest.raises(ValueError, match="head must be one of"):
+        make_head("mlp", 4, 2)
+
+
+# ---- the policy and the loop -------------------------------------------------------------------------------------
+
+def _parameters(policy):
+    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("objective_name", ["grpo_rm", "ce"])
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_one_step_changes_every_trainable_parameter_of_a_text_encoder_and_head(tiny_encoder_folder,
+                                                                              objective_name, head):
+    policy = build_policy(str(tiny_encoder_folder), 3, head=head, max_length=32, seed=0)
+    texts, labels = text_batch()
+    before = _parameters(policy)
+    assert any(name.startswith("encoder.") for name in before) and any(name.startswith("head.") for name in before)
+    config = TrainConfig(objective=objective_name, encoder_lr=1e-3, head_lr=1e-2, uniformity="prototype")
+    optimizer = make_optimizer(policy, config)
+    if objective_name == "grpo_rm":
+        grpo_rm_step(policy, optimizer, texts, labels, config)
+    else:
+        ce_step(policy, optimizer, texts, labels)
+    unchanged = [name for name, p in policy.named_parameters() if p.requires_grad and torch.equal(p, before[name])]
+    assert unchanged == []
+
+
+@pytest.mark.parametrize("uniformity", ["none", "prob", "complement", "prototype"])
+def test_one_grpo_rm_step_raises_the_true_class_probability_on_its_batch(digits_data, uniformity):
+    policy = build_policy("digits-cnn", 10, head="cosine", temperature=0.1, seed=0)
+    batch = digits_data.subset(np.arange(64))
+    labels = torch.as_tensor(batch.labels)
+
+    def mean_true_probability():
+        with torch.no_grad():
+            return torch.softmax(policy(batch.inputs)[1], -1).gather(1, labels[:, None]).mean().item()
+
+    config = TrainConfig(encoder_lr=1e-3, head_lr=1e-2, uniformity=uniformity)
+    before = mean_true_probability()
+    grpo_rm_step(policy, make_optimizer(policy, config), batch.inputs, labels, config)
+    assert mean_true_probability() > before
+
+
+def test_ratio_is_one_at_the_first_inner_update_and_each_update_runs_one_forward(digits_data, monkeypatch):
+    policy = build_policy("digits-cnn", 10, seed=0)
+    forwards = []
+    original = DigitsConvEncoder.forward
+    monkeypatch.setattr(DigitsConvEncoder, "forward", lambda self, x: forwards.append(1) or original(self, x))
+    batch = digits_data.subset(np.arange(32))
+    config = TrainConfig(inner_updates=3, encoder_lr=1e-3)
+    seen = []
+    real_loss = objective.grpo_rm_loss
+    monkeypatch.setattr(objective, "grpo_rm_loss", lambda *a, **k: seen.append(real_loss(*a, **k)[1]) or
+                        real_loss(*a, **k))
+    grpo_rm_step(policy, make_optimizer(policy, config), batch.inputs, torch.as_tensor(batch.labels), config)
+    assert len(forwards) == 3  # one encoder forward per inner update, no extra pass for pi_old
+    assert seen[0]["ratio_max_deviation"] == 0.0 and seen[1]["ratio_max_deviation"] > 0
+    forwards.clear()
+    ce_step(policy, make_optimizer(policy, config), batch.inputs, torch.as_tensor(batch.labels))
+    assert len(forwards) == 1
+
+
+def test_exactly_one_model_is_built_and_the_optimizer_holds_its_parameters(digits_data, monkeypatch):
+    built = []
+    original_init = DigitsConvEncoder.__init__
+    monkeypatch.setattr(DigitsConvEncoder, "__init__",
+                        lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    policy = build_policy("digits-cnn", 10, seed=0)
+    config = TrainConfig(steps=3, batch_size=16)
+    optimizer = make_optimizer(policy, config)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in policy.parameters()}
+    train(policy, digits_data.subset(np.arange(200)), config)
+    assert len(built) == 1  # no reference or old-policy copy
+
+
+def test_same_seed_same_losses_and_arms_share_initialisation_and_batches(digits_data):
+    data = digits_data.subset(np.arange(300))
+    losses = [[r["loss"] for r in train(build_policy("digits-cnn", 10, seed=3), data,
+                                        TrainConfig(steps=5, batch_size=16, seed=3))] for _ in range(2)]
+    assert losses[0] == losses[1]
+    first_a, first_b = build_policy("digits-cnn", 10, seed=3), build_policy("digits-cnn", 10, seed=3)
+    assert all(torch.equal(v, first_b.state_dict()[k]) for k, v in first_a.state_dict().items())
+    assert [b.tolist() for b in batch_order(300, 5, 16, 3)] == [b.tolist() for b in batch_order(300, 5, 16, 3)]
+
+
+def test_dropout_is_off_so_the_text_policy_is_deterministic_in_training_mode(tiny_encoder_folder):
+    policy = build_policy(str(tiny_encoder_folder), 3, max_length=32, seed=0)
+    policy.train()
+    texts, _ = text_batch()
+    assert torch.equal(policy(texts)[1], policy(texts)[1])
+
+
+def test_saved_text_encoder_loads_in_sentence_transformers_with_the_same_embeddings(tiny_encoder_folder, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = TextEncoder(tiny_encoder_folder, max_length=32)
+    texts, _ = text_batch()
+    encoder.save(tmp_path / "saved")
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    with torch.no_grad():
+        expected = encoder(texts)
+    assert torch.allclose(reloaded.encode(texts, convert_to_tensor=True), expected, atol=1e-5)
+
+
+def test_missing_encoder_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextEncoder(tmp_path / "nowhere")
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+def test_jsonl_bad_rows_are_reported_with_their_line_numbers(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text("\n".join([json.dumps({"text": "a b", "label": "x"}), "{broken", json.dumps({"label": "y"}),
+                               json.dumps({"text": "  ", "label": "y"}), json.dumps({"text": "c", "label": 3}),
+                               json.dumps({"text": "d"}), ""]) + "\n")
+    data, report = read_labelled_file(path)
+    assert data.inputs == ["a b", "c"] and data.class_names == ["3", "x"] and data.labels.tolist() == [1, 0]
+    assert report.first_lines == {"invalid JSON": [2], "missing 'text'": [3], "empty 'text'": [4],
+                                  "missing 'label'": [6], "blank line": [7]}
+    with pytest.raises(BadInputError, match="labels.jsonl:2: invalid JSON"):
+        read_labelled_file(path, strict=True)
+
+
+def test_csv_and_parquet_files_are_read_and_bad_rows_numbered(tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text('text,label\n"first, with comma",a\n,b\nthird,b\n')
+    data, report = read_labelled_file(csv_path)
+    assert data.inputs == ["first, with comma", "third"] and report.first_lines == {"empty 'text'": [3]}
+    parquet_path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"text": ["one", None, "three"], "label": [1, 2, 2]}), parquet_path)
+    data, report = read_labelled_file(parquet_path)
+    assert data.labels.tolist() == [0, 1] and report.first_lines == {"missing 'text'": [2]}
+    (tmp_path / "bad.csv").write_text("sentence,label\nx,y\n")
+    with pytest.raises(BadInputError, match="must name 'text' and 'label'"):
+        read_labelled_file(tmp_path / "bad.csv")
+    with pytest.raises(BadInputError, match="unsupported file type"):
+        (tmp_path / "labels.txt").write_text("x")
+        read_labelled_file(tmp_path / "labels.txt")
+
+
+def test_stratified_split_is_disjoint_deterministic_and_balanced():
+    labels = np.repeat(np.arange(3), [10, 12, 30])
+    train_idx, dev_idx, test_idx = stratified_split(labels, 2, 3, train_per_class=4, seed=1)
+    assert not (set(train_idx) & set(dev_idx)) and not (set(train_idx) & set(test_idx))
+    assert not (set(dev_idx) & set(test_idx))
+    assert np.bincount(labels[dev_idx]).tolist() == [2, 2, 2] and np.bincount(labels[test_idx]).tolist() == [3, 3, 3]
+    assert np.bincount(labels[train_idx]).tolist() == [4, 4, 4]
+    again = stratified_split(labels, 2, 3, train_per_class=4, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip((train_idx, dev_idx, test_idx), again))
+    with pytest.raises(ValueError, match="class 0 has 10 examples"):
+        stratified_split(labels, 5, 5, None)
+
+
+def test_packaged_corpora_load_with_their_classes():
+    topics = load_labelled("wiki-topics")
+    assert topics.num_classes == 11 and "Uncategorized" not in topics.class_names and len(topics) > 8000
+    sentiment = load_labelled("sentiment")
+    assert sentiment.class_names == ["neg", "pos"] and np.bincount(sentiment.labels).tolist() == [100, 100]
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+def test_knn_matches_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    train_x, train_y, test_x = rng.normal(size=(60, 5)), rng.integers(0, 4, 60), rng.normal(size=(15, 5))
+    predicted = knn_predictions(train_x, train_y, test_x, k=7)
+    for i, query in enumerate(test_x):
+        sims = [float(query @ t / np.linalg.norm(query) / np.linalg.norm(t)) for t in train_x]
+        nearest = sorted(range(60), key=lambda j: -sims[j])[:7]
+        counts, weights = [0] * 4, [0.0] * 4
+        for j in nearest:
+            counts[train_y[j]] += 1
+            weights[train_y[j]] += sims[j]
+        assert predicted["majority"][i] == counts.index(max(counts))
+        assert predicted["weighted"][i] == weights.index(max(weights))
+    with pytest.raises(ValueError, match="k = 70 neighbours"):
+        knn_predictions(train_x, train_y, test_x, k=70)
+
+
+def test_probe_separates_separable_classes_and_not_random_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    features = rng.normal(size=(300, 8)) + 6 * np.eye(3, 8)[labels]
+    assert probe_accuracy(features[:200], labels[:200], features[200:], labels[200:]) == 1.0
+    noise = rng.normal(size=(300, 8))
+    assert probe_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+def test_command_line_trains_digits_and_writes_metrics_and_result(tmp_path, capsys):
+    from grace.grpo_rm.train import main
+
+    out = tmp_path / "run"
+    result = main(["--data", "digits", "--steps", "12", "--batch-size", "32", "--evaluate-every", "5",
+                   "--encoder-lr", "1e-3", "--output", str(out), "--log-every", "4"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(13))
+    for name in ("reward", "true_class_advantage", "clip_fraction", "logit_norm", "accuracy", "seconds_left"):
+        assert all(name in r for r in records[1:]), name
+    assert [r["step"] for r in records if "eval_dev_head_accuracy" in r] == [0, 5, 10, 12]
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["test"] == result["test"] and set(saved["test"]) == {"sr", "knn_majority", "knn_weighted", "head"}
+    assert saved["sizes"] == {"train": 1797 - 700, "dev": 200, "test": 500}
+    assert "step 4 | loss" in capsys.readouterr().out
+
+
+def test_command_line_refuses_a_missing_data_file(tmp_path):
+    from grace.grpo_rm.train import main
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "out")])
+
+
+# ---- the real encoder ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_grpo_rm_on_the_packaged_minilm_learns_wiki_topics(tmp_path):
+    """Only what is robust: the head is far above chance (1/11) after a short run, and the reward rises."""
+    from grace.grpo_rm.run import RunSettings, run
+
+    settings = RunSettings(max_length=32, dev_per_class=5, test_per_class=10, train_per_class=40, evaluate_every=0)
+    result = run(settings, TrainConfig(steps=30, batch_size=16, encoder_lr=3e-5, head_lr=3e-3), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records]
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.1
+    assert result["test"]["head"] > 0.4 and result["test"]["knn_weighted"] > 0.4
