@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.grace-installed
 
-.PHONY: install test demo study
+.PHONY: install test demo study grpo-rm
 
 install: $(STAMP)
 
@@ -33,3 +33,8 @@ demo: install
 STUDY ?= studies/first.yaml
 study: install
 	$(PY) -m grace.study $(STUDY) $(STUDY_ARGS)
+
+# GRPO-RM against standard fine-tuning (frozen, CE, GRPO-RM with each uniformity) on the packaged MiniLM and
+# Wikipedia topics: lr chosen on dev, 3 seeds; report, results.json and accuracy.png in grpo_rm_out/ (resumable).
+grpo-rm: install
+	$(PY) -m grace.grpo_rm.compare $(GRPO_RM_ARGS)

@@ -382,3 +382,33 @@ def test_grpo_rm_on_the_packaged_minilm_learns_wiki_topics(tmp_path):
     rewards = [r["reward"] for r in records]
     assert np.mean(rewards[-10:]) > np.mean(rewards[:10]) + 0.1
     assert result["test"]["head"] > 0.4 and result["test"]["knn_weighted"] > 0.4
+
+
+# ---- the comparison -----------------------------------------------------------------------------------------------
+
+def test_comparison_selects_on_dev_runs_every_seed_resumes_and_reports(tmp_path, monkeypatch):
+    from grace.grpo_rm import compare
+
+    output = tmp_path / "cmp"
+    argv = ["--data", "digits", "--arms", "frozen", "ce", "grpo_rm_prob", "--lr-grid", "1e-4", "1e-3",
+            "--seeds", "0", "1", "--steps", "6", "--batch-size", "32", "--evaluate-every", "3",
+            "--train-per-class", "40", "--output", str(output)]
+    summary = compare.main(argv)
+    for arm in ("ce", "grpo_rm_prob"):
+        entry = summary["arms"][arm]
+        grid = {float(lr): acc for lr, acc in entry["dev_grid"].items()}
+        assert entry["chosen_lr"] == max(sorted(grid), key=lambda lr: (grid[lr], -lr))
+        assert entry["seeds"] == 2 and entry["test"]["sr"]["n"] == 2
+        assert (output / "runs" / arm / f"lr{entry['chosen_lr']:g}" / "seed1" / "result.json").exists()
+        other = [lr for lr in grid if lr != entry["chosen_lr"]][0]
+        assert not (output / "runs" / arm / f"lr{other:g}" / "seed1").exists()
+    assert summary["missing"] == [] and summary["arms"]["frozen"]["chosen_lr"] is None
+    report = (output / "report.md").read_text()
+    assert "| grpo_rm_prob |" in report and "Result: on head" in report and (output / "accuracy.png").stat().st_size
+    # a second call finds every run done and trains nothing
+    monkeypatch.setattr(compare, "run", lambda *a, **k: pytest.fail("a finished run was run again"))
+    assert compare.main(argv)["arms"]["ce"]["test"] == summary["arms"]["ce"]["test"]
+    # an unfinished grid is reported, not chosen from
+    (output / "runs" / "ce" / "lr0.001" / "seed0" / "result.json").unlink()
+    partial = compare.main(argv + ["--report-only"])
+    assert "ce" not in partial["arms"] and str(output / "runs" / "ce" / "lr0.001" / "seed0") in partial["missing"]

@@ -1,0 +1,261 @@
+"""The comparison: frozen encoder, CE fine-tuning, GRPO-RM accuracy-only and GRPO-RM with each uniformity option.
+
+    python -m grace.grpo_rm.compare --output grpo_rm_out            # the packaged MiniLM on Wikipedia topics
+    python -m grace.grpo_rm.compare --data digits --output grpo_rm_digits
+
+Fairness: every arm starts from the same encoder and head (seeded), sees the same batches in the same order, and
+takes the same steps, batch size and max length. Each trained arm picks its encoder learning rate from the same
+grid by its head accuracy on the dev split (seed 0); the test split is never used for a choice. At the chosen rate
+each arm then runs every seed. Test scores (head accuracy, softmax-regression probe, kNN) are mean +- std over the
+seeds; the out-of-distribution probe refits SR and kNN on another corpus's embeddings.
+
+Every run writes OUTPUT/runs/<arm>/lr<lr>/seed<seed>/result.json and is skipped when re-run, so an interrupted
+comparison resumes. The report (OUTPUT/report.md, results.json, accuracy.png) is rebuilt from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from grace.grpo_rm.loop import TrainConfig
+from grace.grpo_rm.run import RunSettings, load_splits, run
+
+# name -> (objective, uniformity); the frozen arm trains nothing
+ARMS = {
+    "frozen": (None, "none"),
+    "ce": ("ce", "none"),
+    "grpo_rm_accuracy": ("grpo_rm", "none"),
+    "grpo_rm_prob": ("grpo_rm", "prob"),
+    "grpo_rm_complement": ("grpo_rm", "complement"),
+    "grpo_rm_prototype": ("grpo_rm", "prototype"),
+}
+SCORES = ("head", "sr", "knn_majority", "knn_weighted")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="wiki-topics", help="wiki-topics, digits, sentiment or a labelled file")
+    p.add_argument("--encoder", default=None, help="minilm, digits-cnn or an encoder folder (default by --data)")
+    p.add_argument("--ood-data", default=None,
+                   help="second labelled corpus for the out-of-distribution probe (default: sentiment for text)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run")
+    p.add_argument("--lr-grid", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4],
+                   help="encoder learning rates each trained arm chooses from on the dev split")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (the first one selects the lr)")
+    p.add_argument("--steps", type=int, default=100, help="training batches per run")
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch")
+    p.add_argument("--head", choices=("linear", "cosine"), default="cosine",
+                   help="head of every arm (cosine: MiniLM ends in a Normalize layer, so a linear head's logits start "
+                        "near 0 and stay small at head lr 1e-3)")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="head learning rate of every arm")
+    p.add_argument("--inner-updates", type=int, default=2, help="mu of the GRPO-RM arms")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per text")
+    p.add_argument("--train-per-class", type=int, default=150, help="training examples per class")
+    p.add_argument("--dev-per-class", type=int, default=20, help="dev examples per class (lr selection)")
+    p.add_argument("--test-per-class", type=int, default=50, help="test examples per class")
+    p.add_argument("--evaluate-every", type=int, default=25, help="dev head accuracy every N steps (the curves)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--output", default="grpo_rm_out", help="output folder (runs/ and the report)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
+    return p
+
+
+def run_folder(output: Path, arm: str, lr: float | None, seed: int) -> Path:
+    return output / "runs" / arm / ("frozen" if lr is None else f"lr{lr:g}") / f"seed{seed}"
+
+
+def _load(folder: Path) -> dict | None:
+    path = folder / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ensure_run(output: Path, arm: str, lr: float | None, seed: int, settings: RunSettings, args, splits) -> dict:
+    folder = run_folder(output, arm, lr, seed)
+    done = _load(folder)
+    if done is not None:
+        return done
+    objective, uniformity = ARMS[arm]
+    config = TrainConfig(objective=objective or "ce", steps=args.steps, batch_size=args.batch_size,
+                         encoder_lr=lr if lr is not None else 0.0, head_lr=args.head_lr,
+                         inner_updates=args.inner_updates, uniformity=uniformity, seed=seed)
+    started = time.perf_counter()
+    print(f"[{time.strftime('%H:%M:%S')}] {arm} lr={lr} seed={seed} ...", flush=True)
+    result = run(settings, config, folder, frozen=objective is None, splits=splits)
+    print(f"    done in {time.perf_counter() - started:.0f} s: dev head {result['dev'].get('head', float('nan')):.3f}, "
+          f"test SR {result['test']['sr']:.3f}, kNN {result['test']['knn_weighted']:.3f}", flush=True)
+    return result
+
+
+def choose_lr(results_by_lr: dict[float, dict]) -> float:
+    """The learning rate with the best dev head accuracy (ties: the smaller rate)."""
+    return max(sorted(results_by_lr), key=lambda lr: (results_by_lr[lr]["dev"]["head"], -lr))
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int]) -> dict:
+    """results.json's content, from the finished runs only (missing runs are listed, not guessed)."""
+    summary = {"arms": {}, "missing": []}
+    for arm in arms:
+        if ARMS[arm][0] is None:
+            runs = {None: {seed: _load(run_folder(output, arm, None, seeds[0])) for seed in seeds[:1]}}
+        else:
+            runs = {lr: {seed: _load(run_folder(output, arm, lr, seed)) for seed in seeds} for lr in lr_grid}
+        selection = {lr: by_seed[seeds[0]] for lr, by_seed in runs.items() if by_seed.get(seeds[0])}
+        summary["missing"] += [str(run_folder(output, arm, lr, seeds[0])) for lr in runs if lr not in selection]
+        if not selection:
+            continue
+        chosen = None if None in selection else choose_lr(selection)
+        if len(selection) < len(runs):  # a choice among part of the grid is not the comparison's choice
+            continue
+        summary["missing"] += [str(run_folder(output, arm, chosen, s)) for s, r in runs[chosen].items() if r is None]
+        finished = [r for r in runs[chosen].values() if r is not None]
+        entry = {
+            "chosen_lr": chosen,
+            "dev_grid": {str(lr): r["dev"].get("head") for lr, r in selection.items()},
+            "seeds": len(finished),
+            "seconds_per_step": summarise([r["seconds_per_step"] for r in finished]) if chosen is not None else None,
+            "test": {score: summarise([r["test"][score] for r in finished])
+                     for score in SCORES if score in finished[0]["test"]},
+            "dev_curves": [r["dev_curve"] for r in finished],
+            "train_accuracy": [r["train_accuracy"] for r in finished],
+        }
+        if "ood" in finished[0]:
+            entry["ood"] = {score: summarise([r["ood"][score] for r in finished]) for score in finished[0]["ood"]}
+        entry["sizes"] = finished[0]["sizes"]
+        summary["arms"][arm] = entry
+    return summary
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "–"
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+
+def plot(summary: dict, path: Path, smoothing: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (dev_axis, train_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for arm, entry in summary["arms"].items():
+        if entry["chosen_lr"] is None:
+            continue
+        curves = [c for c in entry["dev_curves"] if c]
+        if curves:
+            steps = [s for s, _ in curves[0]]
+            values = np.array([[v for _, v in c] for c in curves if len(c) == len(steps)])
+            dev_axis.errorbar(steps, 100 * values.mean(0), yerr=100 * values.std(0), label=arm, capsize=2)
+        train = np.array([t for t in entry["train_accuracy"] if len(t) == len(entry["train_accuracy"][0])])
+        window = min(smoothing, train.shape[1])
+        smoothed = np.array([np.convolve(t, np.ones(window) / window, mode="valid") for t in train])
+        train_axis.plot(np.arange(window, train.shape[1] + 1), 100 * smoothed.mean(0), label=arm)
+    dev_axis.set(xlabel="step", ylabel="dev head accuracy (%)", title="dev accuracy (mean ± std over seeds)")
+    train_axis.set(xlabel="step", ylabel="batch accuracy before the update (%)",
+                   title=f"training accuracy ({smoothing}-step moving average)")
+    for axis in (dev_axis, train_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def verdict(arms: dict) -> str:
+    """A plain sentence: the best GRPO-RM arm against CE per score, called a difference only when the means are
+    further apart than the two seed standard deviations together."""
+    grpo = {arm: e for arm, e in arms.items() if arm.startswith("grpo_rm")}
+    if "ce" not in arms or not grpo:
+        return "The comparison needs the CE arm and at least one GRPO-RM arm."
+    sentences = []
+    for score in ("head", "sr", "knn_weighted"):
+        best = max(grpo, key=lambda arm: grpo[arm]["test"][score]["mean"])
+        ours, theirs = grpo[best]["test"][score], arms["ce"]["test"][score]
+        gap = ours["mean"] - theirs["mean"]
+        if abs(gap) <= ours["std"] + theirs["std"]:
+            word = "is indistinguishable from"
+        else:
+            word = "beats" if gap > 0 else "is below"
+        sentences.append(f"on {score}, the best GRPO-RM arm ({best}, {_cell(ours)}) {word} CE ({_cell(theirs)})")
+    return "Result: " + "; ".join(sentences) + "."
+
+
+def write_report(summary: dict, output: Path, command: str, machine: str) -> None:
+    arms = summary["arms"]
+    sizes = next(iter(arms.values()))["sizes"] if arms else {}
+    lines = [f"# GRPO-RM against standard fine-tuning: {summary['data']}", "",
+             f"Command: `{command}`", "", f"Machine: {machine}", "",
+             f"Splits (stratified, fixed seed): {sizes}. Scores are test accuracies in %, mean ± std over "
+             f"{summary['seeds']} seeds (sample std); the frozen arm is deterministic (one run). Each trained arm's "
+             f"encoder lr was chosen from {summary['lr_grid']} on the dev head accuracy of seed {summary['seeds'][0]}.",
+             "", "| arm | encoder lr | head | SR | kNN majority | kNN weighted | OOD SR | OOD kNN weighted | s/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, entry in arms.items():
+        test, ood = entry["test"], entry.get("ood", {})
+        seconds = f"{entry['seconds_per_step']['mean']:.3g}" if entry["seconds_per_step"] else "–"
+        lines.append(f"| {arm} | {entry['chosen_lr'] if entry['chosen_lr'] is not None else 'frozen'} | "
+                     f"{_cell(test.get('head'))} | {_cell(test['sr'])} | {_cell(test['knn_majority'])} | "
+                     f"{_cell(test['knn_weighted'])} | {_cell(ood.get('sr'))} | {_cell(ood.get('knn_weighted'))} | "
+                     f"{seconds} |")
+    lines += ["", verdict(arms), "", "## Learning-rate selection (dev head accuracy %, seed 0): every run", "",
+              "| arm | " + " | ".join(f"lr {lr:g}" for lr in summary["lr_grid"]) + " |",
+              "|---|" + "---|" * len(summary["lr_grid"])]
+    for arm, entry in arms.items():
+        if entry["chosen_lr"] is None:
+            continue
+        cells = [entry["dev_grid"].get(str(lr)) for lr in summary["lr_grid"]]
+        lines.append(f"| {arm} | " + " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+    if summary["missing"]:
+        lines += ["", f"**Unfinished runs ({len(summary['missing'])})**: " + ", ".join(summary["missing"])]
+    lines += ["", "![accuracy curves](accuracy.png)", ""]
+    (output / "report.md").write_text("\n".join(lines))
+
+
+def main(argv=None) -> dict:
+    import shlex
+    import sys
+
+    from grace.study.report import machine_description
+
+    args = build_parser().parse_args(argv)
+    text_data = args.data != "digits"
+    settings = RunSettings(data=args.data, encoder=args.encoder or ("minilm" if text_data else "digits-cnn"),
+                           head=args.head, max_length=args.max_length, dev_per_class=args.dev_per_class,
+                           test_per_class=args.test_per_class, train_per_class=args.train_per_class,
+                           ood_data=args.ood_data or ("sentiment" if text_data else None),
+                           evaluate_every=args.evaluate_every, device=args.device)
+    output = Path(args.output)
+    if not args.report_only:
+        splits = load_splits(settings)
+        for arm in args.arms:
+            if ARMS[arm][0] is None:
+                ensure_run(output, arm, None, args.seeds[0], settings, args, splits)
+                continue
+            by_lr = {lr: ensure_run(output, arm, lr, args.seeds[0], settings, args, splits) for lr in args.lr_grid}
+            chosen = choose_lr(by_lr)
+            for seed in args.seeds[1:]:
+                ensure_run(output, arm, chosen, seed, settings, args, splits)
+    summary = collect(output, args.arms, args.lr_grid, args.seeds)
+    summary.update(data=args.data, settings=settings.to_dict(), lr_grid=args.lr_grid, seeds=args.seeds,
+                   steps=args.steps, batch_size=args.batch_size)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(summary, indent=1))
+    command = "python -m grace.grpo_rm.compare " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    write_report(summary, output, command.strip(), machine_description())
+    plot(summary, output / "accuracy.png")
+    print(f"wrote {output}/report.md, results.json and accuracy.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
