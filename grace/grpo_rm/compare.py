@@ -165,7 +165,7 @@ def plot(summary: dict, path: Path, smoothing: int = 10) -> None:
                    title=f"training accuracy ({smoothing}-step moving average)")
     for axis in (dev_axis, train_axis):
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -187,7 +187,8 @@ def verdict(arms: dict) -> str:
         else:
             word = "beats" if gap > 0 else "is below"
         sentences.append(f"on {score}, the best GRPO-RM arm ({best}, {_cell(ours)}) {word} CE ({_cell(theirs)})")
-    return "Result: " + "; ".join(sentences) + "."
+    return ("Result: " + "; ".join(sentences) + ". (A difference is called only when the means are further apart "
+            "than the two seed standard deviations added.)")
 
 
 def write_report(summary: dict, output: Path, command: str, machine: str) -> None:
@@ -250,7 +251,8 @@ def main(argv=None) -> dict:
                    steps=args.steps, batch_size=args.batch_size)
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(summary, indent=1))
-    command = "python -m grace.grpo_rm.compare " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    run_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = "python -m grace.grpo_rm.compare " + " ".join(shlex.quote(a) for a in run_args)
     write_report(summary, output, command.strip(), machine_description())
     plot(summary, output / "accuracy.png")
     print(f"wrote {output}/report.md, results.json and accuracy.png")
