@@ -171,3 +171,76 @@ def test_packaged_smollm2_rationales_match_one_prompt_at_a_time():
     got = ContinuousBatchGenerator(model, eos, tokenizer.pad_token_id, slots=4).generate(
         prompts, GenerationSettings(max_new_tokens=48))
     assert got == expected
+
+
+def rollout_config(response_length: int, n: int = 1):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"response_length": response_length, "n": n, "do_sample": True, "temperature": 1.0,
+                             "top_p": 1.0, "top_k": -1, "val_kwargs": {"top_k": -1, "top_p": 1.0,
+                                                                      "temperature": 0.0}})
+
+
+def left_padded_prompts(prompts, pad_id):
+    from verl import DataProto
+
+    from grace.verl_ext import cpu_compat
+
+    cpu_compat.apply()  # as in every CPU worker: verl's HF rollout calls torch.cpu.empty_cache
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return DataProto.from_dict({"input_ids": ids, "attention_mask": mask, "position_ids": positions})
+
+
+def test_verl_hf_rollout_with_continuous_batching_gives_one_prompt_at_a_time_rationales_in_verl_layout(
+        chaotic_model, prompts, monkeypatch):
+    import contextlib
+
+    from grace.verl_ext.rollout import ContinuousBatchHFRollout
+
+    # a float32 CPU run turns verl's bf16 autocast off (cpu_compat); so does this test, to compare with float32
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+
+    endless = one_at_a_time(chaotic_model, prompts, NEW_TOKENS, [10**6])
+    eos, pad = frequent_inner_token(endless), 0
+    expected = [r[: r.index(eos) + 1] if eos in r else r for r in endless]
+    batch = left_padded_prompts(prompts, pad)
+    batch.meta_info = {"eos_token_id": eos, "pad_token_id": pad, "do_sample": False}
+    out = ContinuousBatchHFRollout(chaotic_model, rollout_config(NEW_TOKENS)).generate_sequences(batch).batch
+    width = batch.batch["input_ids"].shape[1]
+    assert torch.equal(out["prompts"], batch.batch["input_ids"])
+    for i, rationale in enumerate(expected):
+        response = out["responses"][i].tolist()
+        assert response == rationale + [pad] * (NEW_TOKENS - len(rationale))  # padded to response_length
+        valid = out["attention_mask"][i, width:].tolist()
+        assert valid == [1] * len(rationale) + [0] * (NEW_TOKENS - len(rationale))  # up to and with the EOS
+        prompt_positions = batch.batch["position_ids"][i]
+        assert out["position_ids"][i, width:].tolist() == list(range(int(prompt_positions[-1]) + 1,
+                                                                     int(prompt_positions[-1]) + NEW_TOKENS + 1))
+    assert chaotic_model.training  # left in train mode, as verl's HF rollout leaves it
+    chaotic_model.eval()
+
+
+def test_verl_hf_rollout_with_continuous_batching_samples_n_per_prompt_from_the_seeded_global_rng(
+        chaotic_model, prompts):
+    from grace.verl_ext.rollout import ContinuousBatchHFRollout, continuous_batching_rollout
+    from verl.workers.rollout import HFRollout
+
+    batch = left_padded_prompts(prompts[:4], 0)
+    batch.meta_info = {"eos_token_id": 10**6, "pad_token_id": 0}
+    rollout = continuous_batching_rollout(HFRollout(chaotic_model, rollout_config(12, n=3)), world_size=1)
+    assert isinstance(rollout, ContinuousBatchHFRollout)
+    torch.manual_seed(5)
+    first = rollout.generate_sequences(batch).batch
+    torch.manual_seed(5)
+    again = rollout.generate_sequences(batch).batch
+    chaotic_model.eval()
+    assert first["responses"].shape == (12, 12) and torch.equal(first["responses"], again["responses"])
+    assert torch.equal(first["prompts"], batch.batch["input_ids"].repeat_interleave(3, dim=0))
+    assert len({tuple(r.tolist()) for r in first["responses"]}) > 4  # sampled: copies of a prompt differ
+    assert type(continuous_batching_rollout(HFRollout(chaotic_model, rollout_config(12)), world_size=2)) is HFRollout
