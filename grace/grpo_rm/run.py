@@ -86,12 +86,14 @@ def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = 
 
     started = time.perf_counter()
     history = []
-    if not frozen:
-        history = train(policy, splits.train, config, settings.device, on_step=record, evaluate=dev_accuracy,
-                        evaluate_every=settings.evaluate_every)
+    try:
+        if not frozen:
+            history = train(policy, splits.train, config, settings.device, on_step=record, evaluate=dev_accuracy,
+                            evaluate_every=settings.evaluate_every)
+    finally:  # the steps logged so far stay readable when training fails
+        if log:
+            log.close()
     train_seconds = time.perf_counter() - started
-    if log:
-        log.close()
     train_embeddings = embed(policy.encoder, splits.train)
     step_seconds = [h["seconds"] for h in history if "seconds" in h]
     result = {
