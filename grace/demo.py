@@ -166,7 +166,7 @@ def train_overrides(args, data: Path, model: Path, out: Path) -> list[str]:
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={mini_batch * args.rollouts}",
         "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",
         "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        f"actor_rollout_ref.rollout.n={args.rollouts}",
+        f"actor_rollout_ref.rollout.n={args.rollouts}", f"actor_rollout_ref.rollout.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.prompts * args.rollouts}",
         "reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1",
         f"+reward_model.reward_kwargs.variant={args.variant}",
@@ -255,7 +255,7 @@ def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Pa
     slope, error = linear_trend(totals)
     positive_slope, positive_error = linear_trend([m["grace/positive"] for m in metrics])
     lines = ["# GRACE demo report", "", "## Settings", "", "| setting | value |", "|---|---|"]
-    for key in ("model", "steps", "prompts", "rollouts", "response_length", "lr", "norm_adv_by_std", "variant",
+    for key in ("model", "steps", "prompts", "rollouts", "temperature", "response_length", "lr", "norm_adv_by_std", "variant",
                 "pooling_span", "train_triples", "max_chars", "val_every", "val_size", "eval_size",
                 "rationale_length", "device", "compute_dtype"):
         lines.append(f"| {key} | {getattr(args, key)} |")
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--rollouts", type=int, default=4, help="rollouts per prompt")
     parser.add_argument("--response_length", type=int, default=48, help="max rationale tokens in training")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the training rollouts")
     parser.add_argument("--lr", type=float, default=2e-5, help="actor learning rate")
     parser.add_argument("--norm_adv_by_std", type=lambda s: s.lower() == "true", default=True,
                         help="divide GRPO advantages by the group std (true/false)")

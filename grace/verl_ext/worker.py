@@ -7,6 +7,7 @@
   the worker, never per-token hidden states. Each forward holds at most the token budget of verl's log-prob pass
   (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`) of positions, valid tokens only, whether or not
   dynamic batching is on.
+- the actors: verl's, computing only the positions their log-probs read (`grace.verl_ext.actor`).
 - the rollout: verl's HF rollout on one rank generates with GRACE's continuous-batching generator
   (`grace.verl_ext.rollout`); vLLM and multi-rank HF rollouts are verl's own.
 - `update_actor`: verl's update, plus the whole batch's means of the reward components (`grace/*`, which the
@@ -28,6 +29,7 @@ from verl.workers.rollout import HFRollout
 from verl.workers.sharding_manager.base import BaseShardingManager
 
 from grace.embedding import embed_sequences
+from grace.verl_ext.actor import ResponseLogitsActor
 from grace.verl_ext.rollout import continuous_batching_rollout
 
 REWARD_METRIC_PREFIX = "grace/"
@@ -92,6 +94,16 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
     def __init__(self, *args, **kwargs):
         give_base_sharding_manager_timing()  # in every worker process, whatever the device
         super().__init__(*args, **kwargs)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        super().init_model()
+        # verl builds its actors at the end of init_model: the same modules, optimizer and configs, in GRACE's class.
+        if self._is_actor:
+            self.actor = ResponseLogitsActor(config=self.config.actor, actor_module=self.actor_module_fsdp,
+                                             actor_optimizer=self.actor_optimizer)
+        if self._is_ref:
+            self.ref_policy = ResponseLogitsActor(config=self.config.ref, actor_module=self.ref_module_fsdp)
 
     def _build_rollout(self, trust_remote_code=False):
         rollout, sharding_manager = super()._build_rollout(trust_remote_code)

@@ -1,0 +1,111 @@
+"""`ResponseLogitsActor` against verl's `DataParallelPPOActor`: the same log-probs, entropies and gradients from a
+narrower forward that projects only the response positions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from grace.verl_ext.actor import ResponseLogitsActor, without_shared_left_padding
+
+PROMPT_WIDTH, RESPONSE_WIDTH = 12, 6
+
+
+@pytest.fixture
+def single_process_group():
+    """verl's actor reads its rank at construction: a one-process gloo group for the test."""
+    if dist.is_initialized():
+        yield
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def float32_autocast(monkeypatch):
+    """verl's forward runs under a bf16 autocast; compare the two actors in float32 (as a float32 CPU run does)."""
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+
+
+def actor_config():
+    return OmegaConf.create({"use_remove_padding": False, "use_fused_kernels": False,
+                             "ulysses_sequence_parallel_size": 1, "entropy_from_logits_with_chunking": False,
+                             "use_torch_compile": False, "entropy_checkpointing": False})
+
+
+def left_padded_batch(vocab_size: int, prompt_lengths: list[int], response_lengths: list[int]) -> dict:
+    """Prompts left-padded to PROMPT_WIDTH, responses right-padded to RESPONSE_WIDTH, verl's position ids."""
+    generator = torch.Generator().manual_seed(0)
+    rows = len(prompt_lengths)
+    input_ids = torch.randint(3, vocab_size, (rows, PROMPT_WIDTH + RESPONSE_WIDTH), generator=generator)
+    mask = torch.zeros_like(input_ids)
+    for row, (prompt, response) in enumerate(zip(prompt_lengths, response_lengths)):
+        mask[row, PROMPT_WIDTH - prompt : PROMPT_WIDTH + response] = 1
+    input_ids = torch.where(mask.bool(), input_ids, torch.zeros_like(input_ids))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
+            "responses": input_ids[:, PROMPT_WIDTH:]}
+
+
+def log_probs_and_gradients(actor_class, model, batch):
+    model.zero_grad()
+    actor = actor_class(config=actor_config(), actor_module=model)
+    entropy, log_probs = actor._forward_micro_batch(batch, temperature=0.7, calculate_entropy=True)
+    response_mask = batch["attention_mask"][:, PROMPT_WIDTH:]
+    weights = torch.linspace(-1.0, 1.0, log_probs.numel()).reshape(log_probs.shape)  # signs like advantages
+    (log_probs * weights * response_mask).sum().backward()
+    return entropy.detach(), log_probs.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_same_log_probs_entropy_and_gradients_as_verls_actor(tiny_model_path, single_process_group,
+                                                            float32_autocast):
+    from verl.workers.actor import DataParallelPPOActor
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, torch_dtype=torch.float32)
+    model.eval()  # no dropout: the two forwards must see the same network
+    batch = left_padded_batch(model.config.vocab_size, prompt_lengths=[5, 8, 3], response_lengths=[6, 2, 4])
+    expected = log_probs_and_gradients(DataParallelPPOActor, model, batch)
+    actual = log_probs_and_gradients(ResponseLogitsActor, model, batch)
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actual[1], expected[1], atol=1e-5, rtol=1e-5)
+    assert expected[2].keys() == actual[2].keys()
+    for name in expected[2]:
+        torch.testing.assert_close(actual[2][name], expected[2][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert any(g.abs().sum() > 0 for g in actual[2].values())
+
+
+def test_the_forward_is_narrower_and_projects_only_the_response(tiny_model_path, single_process_group,
+                                                                float32_autocast):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, torch_dtype=torch.float32)
+    batch = left_padded_batch(model.config.vocab_size, prompt_lengths=[5, 8, 3], response_lengths=[6, 2, 4])
+    seen = {}
+    model.register_forward_hook(lambda module, args, kwargs, output: seen.update(
+        width=kwargs["input_ids"].shape[1], logits=output.logits.shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        ResponseLogitsActor(config=actor_config(), actor_module=model)._forward_micro_batch(batch, temperature=1.0)
+    assert seen == {"width": 8 + RESPONSE_WIDTH, "logits": RESPONSE_WIDTH + 1}
+
+
+def test_shared_left_padding_is_dropped_and_nothing_else():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
+    batch = {"input_ids": torch.arange(10).reshape(2, 5), "attention_mask": mask,
+             "position_ids": torch.arange(30).reshape(2, 3, 5), "responses": torch.ones(2, 2)}
+    trimmed = without_shared_left_padding(batch)
+    assert trimmed["input_ids"].tolist() == [[2, 3, 4], [7, 8, 9]]
+    assert trimmed["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert trimmed["position_ids"].shape == (2, 3, 3) and trimmed["position_ids"][0, 0].tolist() == [2, 3, 4]
+    assert trimmed["responses"] is batch["responses"]
+    assert batch["input_ids"].shape == (2, 5)  # the caller's batch is untouched
+    unpadded = {**batch, "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    assert without_shared_left_padding(unpadded) is unpadded
