@@ -1,15 +1,18 @@
 """The whole GRACE pipeline on a laptop CPU, on a real small model and real data that ship in packages.
 
-    python -m grace.demo                     # or: make demo
-    python -m grace.demo --steps 40 --device cuda
+    python -m grace.demo                     # or: make demo         (about 30 minutes on 2 CPU cores)
+    python -m grace.demo --preset full       # or: make demo DEMO_ARGS="--preset full"   (about 2 hours)
 
 Stages, each through the same command line a user would type: SmolLM2-135M-Instruct converted once from its
 packaged GGUF; Echo-format triples from packaged Wikipedia articles (`grace.data.demo`); `process_data.py`;
 `offline_filter_data.py`; `python -m grace.train` (verl 0.4.1, HF rollout, FSDP2, the `hidden` reward,
-supervised mode); `scripts/merge_model.py`; `eval_mteb.py --tasks local` on the base model (with and without a
-rationale) and on the trained model. It writes OUT/report.md, OUT/reward_curve.png and
-OUT/validation_reward.png. While training, the console shows a line per step (rewards, what GRPO learns from,
-the validation reward when computed, seconds per step, time left).
+supervised mode); `scripts/merge_model.py`. The demo is a study (`grace.study`) of three arms: the base model
+without and with a rationale, and the trained model with a rationale, scored on the same held-out items
+(retrieval of held-out Wikipedia extracts from their descriptions, Lee news pairs, perplexity) with paired
+bootstrap intervals. It writes OUT/report.md (does training help, in plain words, with the intervals),
+OUT/results.json (the study's schema), OUT/reward_curve.png and OUT/validation_reward.png. While training, the
+console shows a line per step (rewards, what GRPO learns from, the validation reward when computed, seconds per
+step, time left). A GPU is used when there is one.
 
 Instruments: every `--val_every` steps (and before training) verl's validation scores the GRACE reward of greedy
 rationales on a fixed set of `--val_size` held-out prompts, with greedy query and negative rationales, so its
@@ -42,6 +45,13 @@ from grace.study.stats import linear_trend, trend_verdict
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["total", "positive", "negative", "clustering", "cross_group"]
 VALIDATION_PREFIX = "val-core/"  # verl: val-core/<data source>/reward/mean@1
+TRAINED_ARM = "grace"
+# name: (what it is, flag defaults over the parser's). The parser's defaults are the quick preset.
+PRESETS = {
+    "quick": ("about 30 minutes on 2 CPU cores", {}),
+    "full": ("about 2 hours of training on 2 CPU cores, 400 retrieval queries",
+             {"steps": 100, "val_every": 10, "eval_size": 400, "pooling_span": "response", "lr": 1e-5}),
+}
 
 
 class StageTimer:
@@ -243,23 +253,48 @@ def example_rationales(base: Path, trained: Path, text: str, max_new_tokens: int
             for label, path in (("before training", base), ("after training", trained))}
 
 
-def _scores(summary_path: Path) -> dict[str, dict]:
-    return {row["task"]: row for row in json.loads(summary_path.read_text())["tasks"]}
+def training_verdict(results: dict) -> list[str]:
+    """Plain words per task: did the trained model beat the base model with a rationale (paired 95% interval)?"""
+    trained, base = results["arms"][TRAINED_ARM], results["arms"]["base_rationale"]
+    lines = []
+    for task, values in trained["tasks"].items():
+        comparison = values["vs_base_rationale"]
+        if comparison["ci_low"] > 0:
+            outcome = "training helped"
+        elif comparison["ci_high"] < 0:
+            outcome = "training made it worse"
+        else:
+            outcome = "no effect of training was shown (the interval includes 0)"
+        lines.append(f"- {task}: {outcome}: {values['score']:.1f} after training against "
+                     f"{base['tasks'][task]['score']:.1f} for the base model with a rationale ({values['metric']}, "
+                     f"paired difference {comparison['diff']:+.1f}, 95% CI {comparison['ci_low']:+.1f} to "
+                     f"{comparison['ci_high']:+.1f}, n = {values['n']}).")
+    lines.append(f"- Generative retention: held-out perplexity {trained['perplexity']:.2f} after training against "
+                 f"{base['perplexity']:.2f} before.")
+    return lines
 
 
-def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Path], examples: dict[str, str],
-                 example_text: str, stage_seconds: dict[str, float]) -> Path:
+def write_report(args, out: Path, metrics: list[dict], results: dict, examples: dict[str, str], example_text: str,
+                 stage_seconds: dict[str, float]) -> Path:
+    from grace.study.report import in_words, machine_description, results_table
+
     validation_metrics = metrics
     metrics = [m for m in metrics if "grace/total" in m]  # training steps (step 0 is validation only)
     totals = [m["grace/total"] for m in metrics]
     slope, error = linear_trend(totals)
     positive_slope, positive_error = linear_trend([m["grace/positive"] for m in metrics])
-    lines = ["# GRACE demo report", "", "## Settings", "", "| setting | value |", "|---|---|"]
-    for key in ("model", "steps", "prompts", "rollouts", "temperature", "response_length", "lr", "norm_adv_by_std", "variant",
-                "pooling_span", "train_triples", "max_chars", "val_every", "val_size", "eval_size",
-                "rationale_length", "device", "compute_dtype"):
+    lines = ["# GRACE demo report", "", f"Machine: {machine_description()}.", "", "## Settings", "",
+             "| setting | value |", "|---|---|"]
+    for key in ("preset", "model", "steps", "prompts", "rollouts", "temperature", "response_length", "lr",
+                "norm_adv_by_std", "variant", "pooling_span", "train_triples", "max_chars", "val_every", "val_size",
+                "eval_size", "rationale_length", "compute_dtype"):
         lines.append(f"| {key} | {getattr(args, key)} |")
-    lines += ["", "## Validation reward", "", validation_section(validation_metrics), "",
+    lines += ["", "## Did training help?", "",
+              "The trained model and the base model embed the same held-out items (never in training data), each "
+              f"from its own {args.rationale_length}-token rationale; differences are paired bootstrap 95% intervals.",
+              "", *training_verdict(results), f"- {validation_section(validation_metrics)}", "",
+              *results_table(results), "", *in_words(results), "",
+              "## Validation reward", "", validation_section(validation_metrics), "",
               "![validation reward](validation_reward.png)", "",
               "## Reward over the steps", "", "![reward curve](reward_curve.png)", "",
               f"Slope of the total reward: {slope:+.4f} per step (standard error {error:.4f}, {len(totals)} steps): "
@@ -278,25 +313,13 @@ def write_report(args, out: Path, metrics: list[dict], evaluations: dict[str, Pa
                   f"{m.get('actor/grad_norm', float('nan')):.3f}", f"{m.get('response_length/mean', float('nan')):.1f}",
                   f"{m.get('timing_s/step', float('nan')):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    scores = {label: _scores(path) for label, path in evaluations.items()}
-    labels = list(scores)
-    lines += ["", "## Local evaluation (held-out data; mteb main scores x 100)", "",
-              "| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
-    for task, row in scores[labels[0]].items():
-        lines.append(f"| {task} | {row['main_metric']} | "
-                     + " | ".join(f"{scores[label][task]['score']:.2f}" for label in labels) + " |")
-        if "hit_rate_at_1" in row:
-            lines.append(f"| {task} | accuracy@1 | "
-                         + " | ".join(f"{scores[label][task]['hit_rate_at_1']:.2f}" for label in labels) + " |")
-    retrieval = {label: rows.get("WikiDescriptionRetrieval", {}).get("hit_rate_at_1") for label, rows in scores.items()}
-    if all(value is not None for value in retrieval.values()):
-        lines += ["", "Retrieval accuracy@1 on the held-out description -> extract pairs: "
-                  + "; ".join(f"{label}: {value:.0f}%" for label, value in retrieval.items()) + "."]
     lines += ["", "## The same text, before and after training", "", f"> {example_text}", ""]
     for label, rationale in examples.items():
         lines += [f"**{label}:**", "", "> " + (rationale.replace("\n", " ") or "(empty)"), ""]
     lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in stage_seconds.items()]
+    lines += [f"| of which {name}: training {arm.get('train_seconds', 0):.0f}, evaluation {arm['eval_seconds']:.0f} | |"
+              for name, arm in results["arms"].items()]
     lines.append(f"| total | {sum(stage_seconds.values()):.0f} |")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -318,6 +341,10 @@ def validation_section(metrics: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                        help="defaults for the flags below: " + "; ".join(f"{name}: {text}"
+                                                                            for name, (text, _) in PRESETS.items())
+                             + " (flags given explicitly win)")
     parser.add_argument("--model", default=None, help="policy (default: packaged SmolLM2-135M-Instruct)")
     parser.add_argument("--steps", type=int, default=16, help="GRPO training steps")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
@@ -342,9 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute dtype of CPU training; auto: bfloat16 only where the CPU runs it natively")
     parser.add_argument("--eval_size", type=int, default=100, help="documents / queries per local task")
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens in evaluation")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
     parser.add_argument("--n_gpus", type=int, default=1, help="GPUs (or CPU placeholder ranks) for training")
     return parser
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    """The demo's flags over the defaults of the chosen preset; the device is the study runner's (a GPU if any)."""
+    from grace.study.runner import device
+
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].preset
+    parser.set_defaults(**PRESETS[preset][1])
+    args = parser.parse_args(argv)
+    args.device = device()
+    return args
 
 
 def compute_dtype(args) -> str:
@@ -391,16 +429,37 @@ def merge(out: Path, model: Path) -> Path:
     return trained
 
 
+def demo_study(args, model: Path):
+    """The demo as a study: the base model without and with a rationale, and GRACE trained with the demo's flags,
+    scored on the same held-out items (`grace.study`), so that its results.json has the study's schema."""
+    from grace.study.config import STUDY_OWNED_DEMO_FLAGS, ArmConfig, DataConfig, EvaluationConfig, StudyConfig
+
+    training = {key: value for key, value in vars(args).items()
+                if key not in STUDY_OWNED_DEMO_FLAGS and key != "compute_dtype"}
+    return StudyConfig(
+        name="demo", model=str(model), compare_to="base_rationale",
+        data=DataConfig(args.train_triples, args.max_chars, args.max_prompt, args.val_size),
+        evaluation=EvaluationConfig(retrieval_queries=args.eval_size, rationale_length=args.rationale_length),
+        arms=[ArmConfig("base_prompt_only", "base", rationale=False),
+              ArmConfig("base_rationale", "base", pooling_span=args.pooling_span),
+              ArmConfig(TRAINED_ARM, "grace", pooling_span=args.pooling_span, settings=training)])
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    import dataclasses
+
+    import yaml
+
+    from grace.study.runner import run_study
+
+    args = parse_arguments(argv)
     out = args.out.resolve()
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty; remove it or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
-    python = sys.executable
     args.compute_dtype = compute_dtype(args)
-    print(f"compute dtype: {args.compute_dtype}", flush=True)
-    timer = StageTimer(total=8)
+    print(f"preset: {args.preset}; compute dtype: {args.compute_dtype}", flush=True)
+    timer = StageTimer(total=3)
     timer.start("model")
     if args.model is None:
         from grace.data.assets import smollm2_hf_folder
@@ -409,32 +468,19 @@ def main(argv=None) -> int:
         args.model = "SmolLM2-135M-Instruct (packaged)"
     else:
         model = Path(args.model).resolve()
-    timer.start("data")
-    data = prepare_data(args, out, model)
-    timer.start("train")
-    metrics = train(args, data, model, out)
-    timer.start("merge")
-    trained = merge(out, model)
-    evaluations = {}
-    common = ["--tasks", "local", "--local_size", str(args.eval_size), "--thinking_max_length",
-              str(args.rationale_length), "--batch_size", "16", "--backend", "hf", "--device", args.device,
-              "--pooling_span", args.pooling_span]
-    for label, path, extra in (("base, prompt only", model, ["--no_rationale", "--pooling_span", "prompt+response"]),
-                               ("base, with rationale", model, []),
-                               ("trained, with rationale", trained, [])):
-        timer.start(f"evaluate {label}")
-        folder = out / "eval" / label.replace(", ", "_").replace(" ", "_")
-        run([python, "eval_mteb.py", "--model_path", str(path), "--output_dir", str(folder),
-             "--model_name", label.replace(", ", "-").replace(" ", "-"), *common, *extra], folder.name, out)
-        evaluations[label] = folder / "summary.json"
+    timer.start("data, training and held-out evaluation (grace.study)")
+    study = demo_study(args, model)
+    results = run_study(study, yaml.safe_dump(dataclasses.asdict(study), sort_keys=False), out)
     timer.start("report")
     from grace.evaluation.local_tasks import held_out_articles
 
+    trained = out / "arms" / TRAINED_ARM / "trained_model"
     example_text = held_out_articles(require_description=True)[0]["extract"]
     examples = example_rationales(model, trained, example_text, args.rationale_length)
     timer.stop()
-    report = write_report(args, out, metrics, evaluations, examples, example_text, timer.seconds)
-    print(f"\nreport: {report}\nreward curve: {out / 'reward_curve.png'}")
+    metrics = read_metrics(out / "arms" / TRAINED_ARM / "metrics.jsonl")
+    report = write_report(args, out, metrics, results, examples, example_text, timer.seconds)
+    print(f"\nreport: {report}\nresults: {out / 'results.json'}\nreward curve: {out / 'reward_curve.png'}")
     return 0
 
 

@@ -1,11 +1,13 @@
 """The demo's code path, reduced: tiny model, a few steps, small local tasks (the real run is `make demo`)."""
 
+import json
+
 import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.data.assets import smollm2_hf_folder
-from grace.demo import build_parser, prepare_data, step_line, validation_curve
+from grace.demo import build_parser, parse_arguments, prepare_data, step_line, validation_curve
 from grace.demo import main as demo_main
 from grace.prompts import chat_prompt_ids
 from grace.verl_ext.cpu_compat import resolve_cpu_dtype
@@ -13,29 +15,49 @@ from grace.verl_ext.cpu_compat import resolve_cpu_dtype
 pytestmark = pytest.mark.slow
 
 
-def test_reduced_demo_writes_report_and_plot(tiny_model_path, tmp_path, capsys):
+def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "demo_out"
     assert demo_main(["--out", str(out), "--model", str(tiny_model_path), "--steps", "3", "--eval_size", "6",
                       "--rationale_length", "4", "--response_length", "8", "--max_prompt", "320",
                       "--train_triples", "40", "--val_every", "1", "--val_size", "4"]) == 0
     report = (out / "report.md").read_text()
-    for section in ("## Settings", "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
+    for section in ("## Settings", "| preset | quick |", "## Did training help?", "- WikiDescriptionRetrieval: ",
+                    "for the base model with a rationale (accuracy@1, paired difference", "n = 6).",
+                    "- LeeSTS: ", "held-out perplexity", "| grace | ", "- grace vs base_rationale on LeeSTS: ",
+                    "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
                     "Slope of the total reward", f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |", "group std | flat | entropy",
-                    "## Local evaluation", "| base, prompt only | base, with rationale | trained, with rationale |",
-                    "accuracy@1", "## The same text, before and after training", "## Wall time"):
-        assert section in report
+                    "## The same text, before and after training", "## Wall time", "of which grace: training"):
+        assert section in report, section
     steps = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
     assert len(steps) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["study"] == "demo" and results["compare_to"] == "base_rationale" and results["not_run"] == []
+    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "grace"]
+    trained = results["arms"]["grace"]
+    assert trained["settings"]["steps"] == 3 and trained["validation_reward"]["at_steps"] == [0, 1, 2, 3]
+    retrieval = trained["tasks"]["WikiDescriptionRetrieval"]
+    assert retrieval["n"] == 6 and retrieval["vs_base_rationale"]["ci_low"] <= retrieval["vs_base_rationale"]["diff"]
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "validation_reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "trained_model/model.safetensors").exists()
+    assert (out / "arms/grace/trained_model/model.safetensors").exists()
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-2:] == [f"report: {out / 'report.md'}", f"reward curve: {out / 'reward_curve.png'}"]
-    step_lines = [line.strip() for line in printed if line.strip().startswith("[train] step ")]
-    assert [line.split(" | ")[0] for line in step_lines] == [f"[train] step {k}/3" for k in range(4)]
+    assert printed[-3:] == [f"report: {out / 'report.md'}", f"results: {out / 'results.json'}",
+                            f"reward curve: {out / 'reward_curve.png'}"]
+    step_lines = [line.strip() for line in printed if line.strip().startswith("[grace] step ")]
+    assert [line.split(" | ")[0] for line in step_lines] == [f"[grace] step {k}/3" for k in range(4)]
     assert "validation reward" in step_lines[0] and "min left" in step_lines[-1] and "flat groups" in step_lines[-1]
     with pytest.raises(SystemExit, match="not empty"):
         demo_main(["--out", str(out), "--model", str(tiny_model_path)])
+
+
+def test_presets_set_defaults_and_explicit_flags_win():
+    quick = parse_arguments([])
+    assert quick.preset == "quick" and quick.steps == build_parser().parse_args([]).steps
+    full = parse_arguments(["--preset", "full"])
+    assert (full.steps, full.val_every, full.eval_size) == (100, 10, 400)
+    assert parse_arguments(["--preset", "full", "--steps", "7"]).steps == 7
+    with pytest.raises(SystemExit):
+        parse_arguments(["--preset", "nope"])
 
 
 def test_step_line_and_validation_curve():

@@ -20,9 +20,10 @@ def write_config(path, model, grace_steps):
                        "batch_size": 8, "bootstrap_resamples": 200},
         "arms": [{"name": "base_prompt_only", "kind": "base", "rationale": False},
                  {"name": "base_rationale", "kind": "base"},
+                 {"name": "base_rationale_response", "kind": "base", "pooling_span": "response"},
                  {"name": "contrastive", "kind": "contrastive", "rationale": False,
                   "settings": {"examples": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4}},
-                 {"name": "grace", "kind": "grace", "pooling_span": "response",
+                 {"name": "grace", "kind": "grace", "pooling_span": "response", "compare_to": "base_rationale_response",
                   "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
                                "lr": 1e-3}}]}))
     return path
@@ -33,7 +34,8 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     config = write_config(tmp_path / "study.yaml", tiny_model_path, grace_steps=2)
     assert study_main([str(config), "--out", str(out)]) == 0
     results = json.loads((out / "tiny/results.json").read_text())
-    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "contrastive", "grace"]
+    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "base_rationale_response", "contrastive",
+                                     "grace"]
     assert results["not_run"] == []
     for name, arm in results["arms"].items():
         assert arm["wall_seconds"] > 0 and math.isfinite(arm["perplexity"])
@@ -45,12 +47,17 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
             if comparison:
                 assert comparison["ci_low"] <= comparison["diff"] <= comparison["ci_high"]
     assert results["arms"]["base_prompt_only"]["perplexity"] == results["arms"]["base_rationale"]["perplexity"]
+    # The arm's own reference (same pooling span) beside the study's; no other arm is compared with it.
+    assert all("vs_base_rationale_response" in task for task in results["arms"]["grace"]["tasks"].values())
+    assert not any("vs_base_rationale_response" in task for name, arm in results["arms"].items() if name != "grace"
+                   for task in arm["tasks"].values())
     grace = results["arms"]["grace"]
     assert grace["validation_reward"]["steps"] == 3 and grace["validation_reward"]["at_steps"] == [0, 1, 2]
     assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
     assert grace["settings"]["cpu_dtype"] == "auto"
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
     report = (out / "tiny/report.md").read_text()
+    assert "- grace vs base_rationale_response on LeeSTS:" in report
     assert "| grace |" in report and "validation_reward.png" in report and "## In words" in report
     assert (out / "tiny/scores.png").exists() and (out / "tiny/validation_reward.png").exists()
 
@@ -64,7 +71,7 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     write_config(config, tiny_model_path, grace_steps=3)
     capsys.readouterr()
     assert study_main([str(config), "--out", str(out)]) == 0
-    assert "4 arms, 1 to run: grace" in capsys.readouterr().out
+    assert "5 arms, 1 to run: grace" in capsys.readouterr().out
     assert "global_step_2" in (grace_dir / "logs/train.log").read_text().split("Load from checkpoint folder")[-1]
     resumed = json.loads((out / "tiny/results.json").read_text())["arms"]["grace"]
     assert resumed["validation_reward"]["at_steps"] == [0, 1, 2, 3]

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from grace.study.config import load_config
+from grace.study.report import write_report
 from grace.study.runner import run_study
 
 
@@ -25,7 +26,9 @@ def main(argv=None) -> int:
         unknown = sorted(set(args.arms) - {arm.name for arm in config.arms})
         if unknown:
             raise SystemExit(f"--arms: {unknown} not in {args.config}")
-    report = run_study(config, args.config, args.out.resolve(), args.arms)
+    study_dir = args.out.resolve() / config.name
+    results = run_study(config, args.config.read_text(encoding="utf-8"), study_dir, args.arms)
+    report = write_report(config, results, study_dir, args.config)
     print(f"\nreport: {report}")
     return 0
 

@@ -9,6 +9,8 @@
       - {name: base_rationale, kind: base}
       - {name: contrastive, kind: contrastive, rationale: false, settings: {examples: 64, epochs: 4}}
       - {name: grace_demo, kind: grace, settings: {}}    # settings: flags of `python -m grace.demo`
+      - {name: base_rationale_response, kind: base, pooling_span: response}
+      - {name: grace_response, kind: grace, pooling_span: response, compare_to: base_rationale_response}
 
 Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`; settings: examples, epochs, lr,
 batch_size) and `grace` (verl GRPO with the `hidden` reward through the demo's recipe; settings: the demo's
@@ -28,9 +30,10 @@ from grace.pooling import POOLING_SPANS
 
 ARM_KINDS = ("base", "contrastive", "grace")
 CONTRASTIVE_SETTINGS = {"examples", "epochs", "lr", "batch_size"}
-# The demo's flags that the study decides for every arm (shared data, evaluation, output).
+# The demo's flags that are not an arm's training settings: the study decides them for every arm (shared data,
+# evaluation, output, device), and a preset only chooses defaults of the others.
 STUDY_OWNED_DEMO_FLAGS = {"out", "model", "train_triples", "max_chars", "max_prompt", "val_size", "eval_size",
-                          "rationale_length", "pooling_span", "device"}
+                          "rationale_length", "pooling_span", "device", "preset"}
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ArmConfig:
     rationale: bool = True  # embed with a generated rationale (False: the prompt alone)
     pooling_span: str = "prompt+response"  # in the reward (grace) and in the evaluation
     settings: dict = field(default_factory=dict)
+    compare_to: str | None = None  # also compared with this arm (say, the base model in the same pooling span)
 
 
 @dataclass
@@ -118,4 +122,7 @@ def load_config(path: Path) -> StudyConfig:
         validate_arm(arm, demo_flags)
     if config.compare_to not in names:
         raise ValueError(f"{path}: compare_to={config.compare_to!r} is not an arm ({names})")
+    for arm in config.arms:
+        if arm.compare_to is not None and (arm.compare_to not in names or arm.compare_to == arm.name):
+            raise ValueError(f"{path}: arm {arm.name!r}: compare_to={arm.compare_to!r} is not another arm ({names})")
     return config

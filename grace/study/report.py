@@ -129,21 +129,16 @@ def _arm_details(name: str, arm: dict) -> list[str]:
     return lines + [""]
 
 
-def write_report(config: StudyConfig, results: dict, study_dir: Path, config_path: Path) -> Path:
+def results_table(results: dict) -> list[str]:
+    """Markdown lines: per arm, each task's score with its interval and the paired difference against the study's
+    reference, perplexity, validation slope and wall times; then what the metrics are."""
     tasks, compare = _task_names(results), results["compare_to"]
     key = f"vs_{compare}"
-    lines = [f"# Study `{config.name}`", "",
-             f"Reproduce: `python -m grace.study {config_path}` (the configuration is at the end of this report). "
-             f"Machine: {machine_description()}.", "",
-             f"Every arm is scored on the same held-out items (never in training data); differences are against "
-             f"`{compare}`, as paired bootstrap 95% intervals ({config.evaluation.bootstrap_resamples} resamples of the "
-             f"queries or sentence pairs). Score columns carry their own 95% bootstrap interval.", "",
-             "## Results", ""]
     header = ["arm"]
     for task in tasks:
         header += [f"{task} ", f"Δ vs {compare}"]
     header += ["perplexity", "validation slope ± SE", "train s", "eval s"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in results["arms"].items():
         cells = [name]
         for task in tasks:
@@ -164,12 +159,29 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
         lines += ["", "Metrics: " + "; ".join(f"{task}: {values['metric']} x 100, n = {values['n']}"
                                              for task, values in first_arm["tasks"].items())
                   + "; perplexity: held-out Wikipedia extracts (generative retention)."]
-    lines += ["", "## In words", ""]
-    for name, arm in results["arms"].items():
-        for task, values in arm["tasks"].items():
-            if key in values:
-                lines.append(f"- {name} vs {compare} on {task}: {_verdict(values[key])} "
-                             f"({values['metric']} {_interval(values[key])}).")
+    return lines
+
+
+def in_words(results: dict) -> list[str]:
+    """One line per paired comparison: better, worse, or no difference shown, with the interval."""
+    return [f"- {name} vs {comparison[3:]} on {task}: {_verdict(values[comparison])} "
+            f"({values['metric']} {_interval(values[comparison])})."
+            for name, arm in results["arms"].items() for task, values in arm["tasks"].items()
+            for comparison in values if comparison.startswith("vs_")]
+
+
+def write_report(config: StudyConfig, results: dict, study_dir: Path, config_path: Path) -> Path:
+    compare = results["compare_to"]
+    lines = [f"# Study `{config.name}`", "",
+             f"Reproduce: `python -m grace.study {config_path}` (the configuration is at the end of this report). "
+             f"Machine: {machine_description()}.", "",
+             f"Every arm is scored on the same held-out items (never in training data); differences are against "
+             f"`{compare}` (and an arm's own `compare_to`), as paired bootstrap 95% intervals "
+             f"({config.evaluation.bootstrap_resamples} resamples of the queries or sentence pairs). Score columns "
+             f"carry their own 95% bootstrap interval.", "",
+             "## Results", ""]
+    lines += results_table(results)
+    lines += ["", "## In words", ""] + in_words(results)
     if results["not_run"]:
         lines += ["", f"Arms in the configuration that have not run yet: {', '.join(results['not_run'])}."]
     if plot_validation(results, study_dir / "validation_reward.png"):

@@ -154,33 +154,33 @@ def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray]] |
 
 
 def collect_results(config: StudyConfig, study_dir: Path) -> dict:
-    """results.json: every finished arm, its scores with error bars, and paired intervals against `compare_to`."""
+    """results.json: every finished arm, its scores with error bars, and paired intervals against `compare_to` (the
+    study's, and the arm's own where it names one)."""
     loaded = {arm.name: load_arm(study_dir, arm.name) for arm in config.arms}
-    reference = loaded.get(config.compare_to)
     resamples, arms = config.evaluation.bootstrap_resamples, {}
-    for name, entry in loaded.items():
+    for arm in config.arms:
+        entry = loaded[arm.name]
         if entry is None:
             continue
         record, units = entry
+        references = [name for name in dict.fromkeys([config.compare_to, arm.compare_to])
+                      if name is not None and name != arm.name and loaded[name] is not None]
         for task, values in record["tasks"].items():
             statistic = STATISTICS[values["metric"]]
             low, high = bootstrap_interval(units[task], statistic, resamples, config.seed)
             values["score_ci"] = [low, high]
-            if reference is not None and name != config.compare_to:
-                values[f"vs_{config.compare_to}"] = paired_bootstrap(units[task], reference[1][task], statistic,
-                                                                     resamples, config.seed)
-        arms[name] = record
+            for reference in references:
+                values[f"vs_{reference}"] = paired_bootstrap(units[task], loaded[reference][1][task], statistic,
+                                                             resamples, config.seed)
+        arms[arm.name] = record
     return {"study": config.name, "compare_to": config.compare_to, "arms": arms,
             "not_run": [arm.name for arm in config.arms if loaded[arm.name] is None]}
 
 
-def run_study(config: StudyConfig, config_path: Path, out: Path, only: list[str] | None = None) -> Path:
-    """Run the arms not yet done (all, or those in `only`), then write results.json, the report and plots."""
-    from grace.study.report import write_report
-
-    study_dir = out / config.name
+def run_study(config: StudyConfig, config_text: str, study_dir: Path, only: list[str] | None = None) -> dict:
+    """Run the arms not yet done (all, or those in `only`) in `study_dir`; write and return results.json."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "config.yaml").write_text(Path(config_path).read_text(encoding="utf-8"))
+    (study_dir / "config.yaml").write_text(config_text, encoding="utf-8")
     if config.model is None:
         from grace.data.assets import smollm2_hf_folder
 
@@ -199,4 +199,4 @@ def run_study(config: StudyConfig, config_path: Path, out: Path, only: list[str]
             run_arm(config, arm, model, data, study_dir, evaluation)
     results = collect_results(config, study_dir)
     (study_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return write_report(config, results, study_dir, config_path)
+    return results
