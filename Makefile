@@ -24,7 +24,7 @@ test: install
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
 # The whole pipeline on the CPU with the packaged SmolLM2 and Wikipedia data; report in demo_out/.
-# More steps or a GPU: make demo DEMO_ARGS="--steps 40 --device cuda"
+# The ~2-hour setting: make demo DEMO_ARGS="--preset full"; any flag: make demo DEMO_ARGS="--steps 40"
 demo: install
 	$(PY) -m grace.demo $(DEMO_ARGS)
 

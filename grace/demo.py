@@ -270,7 +270,8 @@ def training_verdict(results: dict) -> list[str]:
                      f"paired difference {comparison['diff']:+.1f}, 95% CI {comparison['ci_low']:+.1f} to "
                      f"{comparison['ci_high']:+.1f}, n = {values['n']}).")
     lines.append(f"- Generative retention: held-out perplexity {trained['perplexity']:.2f} after training against "
-                 f"{base['perplexity']:.2f} before.")
+                 f"{base['perplexity']:.2f} before; the policy moved {trained['kl_to_base']:.4f} nats per token "
+                 "(KL to the base model on its own rationales of held-out documents).")
     return lines
 
 

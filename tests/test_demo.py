@@ -23,7 +23,7 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
     report = (out / "report.md").read_text()
     for section in ("## Settings", "| preset | quick |", "## Did training help?", "- WikiDescriptionRetrieval: ",
                     "for the base model with a rationale (accuracy@1, paired difference", "n = 6).",
-                    "- LeeSTS: ", "held-out perplexity", "| grace | ", "- grace vs base_rationale on LeeSTS: ",
+                    "- LeeSTS: ", "held-out perplexity", "nats per token", "| grace | ", "- grace vs base_rationale on LeeSTS: ",
                     "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
                     "Slope of the total reward", f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |", "group std | flat | entropy",
                     "## The same text, before and after training", "## Wall time", "of which grace: training"):

@@ -17,6 +17,8 @@ from grace.evaluation.mteb_model import GraceMTEBModel
 from grace.study import headroom
 from grace.study.config import load_config
 from grace.study.contrastive import build_model, read_triples, train_contrastive
+from grace.study.drift import main as drift_main
+from grace.study.drift import rationale_kl
 from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
 from grace.study.perplexity import perplexity
 from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, trend_verdict
@@ -107,6 +109,39 @@ def test_perplexity_equals_the_models_own_loss(tiny_model_path):
     assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(total / count), rel=1e-5)
     with pytest.raises(ValueError, match="no text"):
         perplexity(model, tokenizer, [])
+
+
+def test_rationale_kl_against_a_float64_loop(tiny_model_path):
+    trained = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    sequences = [([5, 6, 7, 8, 9], [10, 11, 12]), ([13, 14], [15, 16, 17, 18, 19, 20]), ([21, 22, 23], [24]),
+                 ([25, 26], [])]  # an empty rationale has no token to count
+    total, count = 0.0, 0
+    for prompt, rationale in sequences:  # the oracle: one unpadded sequence at a time, float64, full logits
+        ids = torch.tensor([prompt + rationale])
+        with torch.no_grad():
+            log_p, log_q = (torch.log_softmax(m(input_ids=ids).logits[0].double(), -1) for m in (trained, base))
+        for position in range(len(prompt) - 1, len(prompt) + len(rationale) - 1):
+            total += float((log_p[position].exp() * (log_p[position] - log_q[position])).sum())
+            count += 1
+    expected = total / count
+    assert expected > 1e-4  # the perturbation moved the model
+    assert rationale_kl(trained, base, sequences, pad_id=0, batch_size=3) == pytest.approx(expected, rel=1e-4)
+    assert rationale_kl(base, base, sequences, pad_id=0) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="non-empty rationale"):
+        rationale_kl(trained, base, [([1, 2], [])], pad_id=0)
+
+
+def test_drift_cli_records_kl_of_a_model_to_itself(tiny_model_path, tmp_path, capsys):
+    record = tmp_path / "result.json"
+    record.write_text(json.dumps({"kind": "grace"}))
+    assert drift_main([str(tiny_model_path), str(tiny_model_path), "--texts", "3", "--rationale_length", "4",
+                       "--rationale_cache", str(tmp_path / "rationales.sqlite"), "--record", str(record)]) == 0
+    assert json.loads(record.read_text())["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+    assert "on 3 held-out rationales" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- contrastive baseline

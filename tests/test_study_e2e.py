@@ -54,6 +54,8 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     grace = results["arms"]["grace"]
     assert grace["validation_reward"]["steps"] == 3 and grace["validation_reward"]["at_steps"] == [0, 1, 2]
     assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
+    assert grace["kl_to_base"] > 0 and results["arms"]["contrastive"]["kl_to_base"] > 0  # both moved the model
+    assert "kl_to_base" not in results["arms"]["base_rationale"]
     assert grace["settings"]["cpu_dtype"] == "auto"
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
     report = (out / "tiny/report.md").read_text()

@@ -59,6 +59,7 @@ class EvaluationConfig:
     retrieval_queries: int = 400
     lee_documents: int = 50
     perplexity_texts: int = 100
+    kl_texts: int = 50  # held-out documents whose rationales measure KL(trained || base)
     rationale_length: int = 48
     batch_size: int = 16
     bootstrap_resamples: int = 2000

@@ -137,7 +137,7 @@ def results_table(results: dict) -> list[str]:
     header = ["arm"]
     for task in tasks:
         header += [f"{task} ", f"Δ vs {compare}"]
-    header += ["perplexity", "validation slope ± SE", "train s", "eval s"]
+    header += ["perplexity", "KL to base", "validation slope ± SE", "train s", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in results["arms"].items():
         cells = [name]
@@ -150,6 +150,7 @@ def results_table(results: dict) -> list[str]:
             cells.append(_interval(values[key]) if key in values else "(reference)")
         validation = arm.get("validation_reward")
         cells.append(f"{arm['perplexity']:.2f}")
+        cells.append(f"{arm['kl_to_base']:.4f}" if "kl_to_base" in arm else "-")
         cells.append(f"{validation['slope']:+.4f} ± {validation['se']:.4f}" if validation and validation["steps"] >= 3
                      else "-")
         cells += [f"{arm.get('train_seconds', 0):.0f}", f"{arm['eval_seconds']:.0f}"]
@@ -158,7 +159,9 @@ def results_table(results: dict) -> list[str]:
     if first_arm:
         lines += ["", "Metrics: " + "; ".join(f"{task}: {values['metric']} x 100, n = {values['n']}"
                                              for task, values in first_arm["tasks"].items())
-                  + "; perplexity: held-out Wikipedia extracts (generative retention)."]
+                  + "; perplexity: held-out Wikipedia extracts (generative retention); KL to base: mean "
+                  "KL(trained || base) in nats per token over the arm's own rationales of held-out documents "
+                  "(`grace.study.drift`)."]
     return lines
 
 

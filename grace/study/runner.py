@@ -105,9 +105,12 @@ def train_contrastive_arm(config: StudyConfig, arm, model: Path, data: Path, arm
                      "training": {k: summary[k] for k in ("loss_before", "loss_after", "optimizer_steps", "losses")}}
 
 
-def evaluate_arm(config: StudyConfig, arm, model_path: Path, evaluation: HeldOutEvaluation, cache: Path):
+def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, evaluation: HeldOutEvaluation,
+                 cache: Path):
+    """Held-out task results, perplexity, and (for a trained arm) KL to the base model on its own rationales."""
     from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
     from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
+    from grace.study.drift import held_out_rationale_kl
     from grace.study.perplexity import held_out_texts, perplexity
 
     settings = EncoderSettings(pooling_span=arm.pooling_span,
@@ -117,7 +120,10 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, evaluation: HeldOut
     batch = config.evaluation.batch_size
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
                                                              show_progress_bar=True))
-    return tasks, perplexity(encoder.model, encoder.tokenizer, held_out_texts(config.evaluation.perplexity_texts))
+    held_out_perplexity = perplexity(encoder.model, encoder.tokenizer, held_out_texts(config.evaluation.perplexity_texts))
+    kl = (None if arm.kind == "base"
+          else held_out_rationale_kl(encoder, base_model, evaluation.documents[:config.evaluation.kl_texts]))
+    return tasks, held_out_perplexity, kl
 
 
 def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, evaluation: HeldOutEvaluation) -> None:
@@ -134,10 +140,13 @@ def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, 
         record.update(trained)
     print(f"[{arm.name}] evaluating on the held-out tasks", flush=True)
     evaluated = time.perf_counter()
-    tasks, held_out_perplexity = evaluate_arm(config, arm, model_path, evaluation, study_dir / "rationales.sqlite")
+    tasks, held_out_perplexity, kl = evaluate_arm(config, arm, model_path, model, evaluation,
+                                                  study_dir / "rationales.sqlite")
     record["eval_seconds"] = time.perf_counter() - evaluated
     record["wall_seconds"] = time.perf_counter() - started  # of this run (a resumed arm's earlier runs not counted)
     record["perplexity"] = held_out_perplexity
+    if kl is not None:
+        record["kl_to_base"] = kl
     record["tasks"] = {name: {"metric": t.metric, "score": t.score, "n": t.n, **t.extra} for name, t in tasks.items()}
     np.savez(arm_dir / "units.npz", **{name: t.units for name, t in tasks.items()})
     (arm_dir / "result.json").write_text(json.dumps(record, indent=1))  # written last: it marks the arm as done
