@@ -52,9 +52,10 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
 
 def test_presets_set_defaults_and_explicit_flags_win():
     quick = parse_arguments([])
-    assert quick.preset == "quick" and quick.steps == build_parser().parse_args([]).steps
+    assert (quick.preset, quick.steps, quick.val_every, quick.pooling_span, quick.lr) == ("quick", 20, 5, "response",
+                                                                                       1e-5)
     full = parse_arguments(["--preset", "full"])
-    assert (full.steps, full.val_every, full.eval_size) == (100, 10, 400)
+    assert (full.steps, full.val_every, full.eval_size, full.pooling_span) == (100, 10, 400, "response")
     assert parse_arguments(["--preset", "full", "--steps", "7"]).steps == 7
     with pytest.raises(SystemExit):
         parse_arguments(["--preset", "nope"])
