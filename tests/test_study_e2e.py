@@ -23,7 +23,7 @@ def write_config(path, model, grace_steps):
                  {"name": "base_rationale_response", "kind": "base", "pooling_span": "response"},
                  {"name": "contrastive", "kind": "contrastive", "rationale": False,
                   "settings": {"examples": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4}},
-                 {"name": "grace", "kind": "grace", "pooling_span": "response", "compare_to": "base_rationale_response",
+                 {"name": "grace", "kind": "grace", "pooling_span": "response", "compare_to": ["base_rationale_response", "contrastive"],
                   "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
                                "lr": 1e-3}}]}))
     return path
@@ -48,7 +48,8 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
                 assert comparison["ci_low"] <= comparison["diff"] <= comparison["ci_high"]
     assert results["arms"]["base_prompt_only"]["perplexity"] == results["arms"]["base_rationale"]["perplexity"]
     # The arm's own reference (same pooling span) beside the study's; no other arm is compared with it.
-    assert all("vs_base_rationale_response" in task for task in results["arms"]["grace"]["tasks"].values())
+    assert all({"vs_base_rationale", "vs_base_rationale_response", "vs_contrastive"} <= set(task)
+               for task in results["arms"]["grace"]["tasks"].values())
     assert not any("vs_base_rationale_response" in task for name, arm in results["arms"].items() if name != "grace"
                    for task in arm["tasks"].values())
     grace = results["arms"]["grace"]

@@ -10,7 +10,7 @@
       - {name: contrastive, kind: contrastive, rationale: false, settings: {examples: 64, epochs: 4}}
       - {name: grace_demo, kind: grace, settings: {}}    # settings: flags of `python -m grace.demo`
       - {name: base_rationale_response, kind: base, pooling_span: response}
-      - {name: grace_response, kind: grace, pooling_span: response, compare_to: base_rationale_response}
+      - {name: grace_response, kind: grace, pooling_span: response, compare_to: [base_rationale_response]}
 
 Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`; settings: examples, epochs, lr,
 batch_size) and `grace` (verl GRPO with the `hidden` reward through the demo's recipe; settings: the demo's
@@ -43,7 +43,11 @@ class ArmConfig:
     rationale: bool = True  # embed with a generated rationale (False: the prompt alone)
     pooling_span: str = "prompt+response"  # in the reward (grace) and in the evaluation
     settings: dict = field(default_factory=dict)
-    compare_to: str | None = None  # also compared with this arm (say, the base model in the same pooling span)
+    compare_to: list[str] | str | None = None  # also compared with these arms (say, the base model in the same span)
+
+    def references(self) -> list[str]:
+        """The arms this one is compared with besides the study's `compare_to`."""
+        return [self.compare_to] if isinstance(self.compare_to, str) else list(self.compare_to or [])
 
 
 @dataclass
@@ -124,6 +128,7 @@ def load_config(path: Path) -> StudyConfig:
     if config.compare_to not in names:
         raise ValueError(f"{path}: compare_to={config.compare_to!r} is not an arm ({names})")
     for arm in config.arms:
-        if arm.compare_to is not None and (arm.compare_to not in names or arm.compare_to == arm.name):
-            raise ValueError(f"{path}: arm {arm.name!r}: compare_to={arm.compare_to!r} is not another arm ({names})")
+        for reference in arm.references():
+            if reference not in names or reference == arm.name:
+                raise ValueError(f"{path}: arm {arm.name!r}: compare_to {reference!r} is not another arm ({names})")
     return config

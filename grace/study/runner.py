@@ -172,8 +172,8 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
         if entry is None:
             continue
         record, units = entry
-        references = [name for name in dict.fromkeys([config.compare_to, arm.compare_to])
-                      if name is not None and name != arm.name and loaded[name] is not None]
+        references = [name for name in dict.fromkeys([config.compare_to, *arm.references()])
+                      if name != arm.name and loaded[name] is not None]
         for task, values in record["tasks"].items():
             statistic = STATISTICS[values["metric"]]
             low, high = bootstrap_interval(units[task], statistic, resamples, config.seed)
