@@ -29,7 +29,6 @@ from verl.workers.rollout import HFRollout
 from verl.workers.sharding_manager.base import BaseShardingManager
 
 from grace.embedding import embed_sequences
-from grace.verl_ext.actor import ResponseLogitsActor
 from grace.verl_ext.rollout import continuous_batching_rollout
 
 REWARD_METRIC_PREFIX = "grace/"
@@ -97,6 +96,9 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
+        # Imported here, as verl imports its own actor: on a GPU host verl's actor module needs flash-attn.
+        from grace.verl_ext.actor import ResponseLogitsActor
+
         super().init_model()
         # verl builds its actors at the end of init_model: the same modules, optimizer and configs, in GRACE's class.
         if self._is_actor:
