@@ -13,7 +13,6 @@ in a float32 CPU run.
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,8 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grace.data.assets import smollm2_hf_folder  # noqa: E402
+from grace.study.report import machine_description  # noqa: E402
 from grace.verl_ext.actor import ResponseLogitsActor  # noqa: E402
-
-
-def cpu_name() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
 
 
 def demo_like_batch(vocab_size: int, rows: int, prompt_width: int, response_width: int) -> dict:
@@ -76,8 +71,7 @@ def main() -> None:
                                "use_torch_compile": False, "entropy_checkpointing": False})
     batch = demo_like_batch(model.config.vocab_size, args.rows, args.prompt_width, args.response_width)
     print(f"SmolLM2-135M float32, {args.rows} rows x ({args.prompt_width} + {args.response_width}) positions, "
-          f"{int(batch['attention_mask'].sum())} real tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+          f"{int(batch['attention_mask'].sum())} real tokens; {machine_description()}")
     verl_seconds = seconds_per_pass(DataParallelPPOActor(config=config, actor_module=model), batch, args.repeats)
     grace_seconds = seconds_per_pass(ResponseLogitsActor(config=config, actor_module=model), batch, args.repeats)
     print(f"verl DataParallelPPOActor: {verl_seconds:.2f} s per forward + backward")

@@ -67,7 +67,6 @@ def main(argv=None) -> int:
     from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
     from grace.evaluation.local_tasks import description_retrieval_items
 
-    # the same texts as a study's arms: the first held-out documents
     parser = argparse.ArgumentParser(prog="python -m grace.study.drift", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="the model before training (a Hugging Face folder)")
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
         from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 
         encoder.rationale_cache = RationaleCache(args.rationale_cache, encoder_namespace(args.trained, settings))
-    _, documents = description_retrieval_items(args.texts)
+    _, documents = description_retrieval_items(args.texts)  # a study's KL texts: the first held-out documents
     value = held_out_rationale_kl(encoder, args.base, documents)
     print(f"KL(trained || base) on {args.texts} held-out rationales: {value:.4f} nats per token")
     if args.record is not None:
