@@ -57,10 +57,13 @@ def plot_validation(results: dict, path: Path) -> bool:
 
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for name, curve in curves.items():
-        label = f"{name}: {curve['slope']:+.4f} ± {curve['se']:.4f}/step" if not math.isnan(curve["slope"]) else name
+        # Each arm is validated with its own reward variant, whose scales differ: the legend says which.
+        label = f"{name} ({results['arms'][name]['settings']['variant']} reward)"
+        if not math.isnan(curve["slope"]):
+            label += f": {curve['slope']:+.4f} ± {curve['se']:.4f}/step"
         axis.plot(curve["at_steps"], curve["values"], marker="o", label=label)
     axis.set_xlabel("training step")
-    axis.set_ylabel("GRACE reward, fixed validation prompts")
+    axis.set_ylabel("GRACE reward of the arm's variant,\nfixed validation prompts")
     axis.set_title("Validation reward (greedy rationales) per GRACE arm")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
