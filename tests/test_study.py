@@ -1,5 +1,6 @@
 """grace.study: statistics against known answers, per-item scores against mteb, perplexity against the model's own
-loss, the contrastive baseline on a tiny model, headroom's best-of-n, and configuration errors."""
+loss, rationale diversity by hand, the contrastive baseline on a tiny model, headroom's best-of-n, and configuration
+errors."""
 
 import json
 import math
@@ -12,11 +13,14 @@ from scipy.stats import linregress
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
+from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 from grace.evaluation.local_tasks import local_tasks
 from grace.evaluation.mteb_model import GraceMTEBModel
 from grace.study import headroom
 from grace.study.config import load_config
 from grace.study.contrastive import build_model, read_triples, train_contrastive
+from grace.study.diversity import loops, rationale_diversity
+from grace.study.diversity import main as diversity_main
 from grace.study.drift import main as drift_main
 from grace.study.drift import rationale_kl
 from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
@@ -142,6 +146,34 @@ def test_drift_cli_records_kl_of_a_model_to_itself(tiny_model_path, tmp_path, ca
                        "--rationale_cache", str(tmp_path / "rationales.sqlite"), "--record", str(record)]) == 0
     assert json.loads(record.read_text())["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
     assert "on 3 held-out rationales" in capsys.readouterr().out
+
+
+def test_rationale_diversity_by_hand():
+    assert loops([1, 2, 3, 4] * 4) and not loops([1, 2, 3, 4] * 3 + [1, 2, 3])  # (1, 2, 3, 4) at 0, 4, 8 (, 12)
+    assert loops([7] * 7) and not loops([7] * 6)  # overlapping occurrences count: 4 of (7, 7, 7, 7) in 7 tokens
+    assert not loops([1, 2, 3])
+    measured = rationale_diversity([[5, 6], [5, 6], [5, 6], [1, 2, 3, 4] * 4])
+    assert measured == {"texts": 4, "distinct_percent": 50.0, "most_common_percent": 75.0, "looping_percent": 25.0}
+    with pytest.raises(ValueError, match="at least one"):
+        rationale_diversity([])
+
+
+def test_diversity_cli_reads_the_studys_cached_rationales(tiny_model_path, tmp_path, capsys):
+    # Rationales planted in the cache under the namespace the evaluation uses: the CLI generates none and measures
+    # exactly these (all texts but one get the same rationale).
+    cache = tmp_path / "rationales.sqlite"
+    settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=4))
+    texts = HeldOutEvaluation(3, 2).texts()
+    planted = {text: [11, 12, 13] for text in texts[1:]} | {texts[0]: [9, 9, 9, 9, 9, 9, 9]}
+    RationaleCache(cache, encoder_namespace(tiny_model_path, settings)).put_many(planted)
+    record = tmp_path / "result.json"
+    record.write_text(json.dumps({"kind": "base"}))
+    assert diversity_main([str(tiny_model_path), "--retrieval_queries", "3", "--lee_documents", "2",
+                           "--rationale_length", "4", "--rationale_cache", str(cache), "--record", str(record)]) == 0
+    n = len(texts)
+    assert json.loads(record.read_text())["rationale_diversity"] == pytest.approx(
+        {"texts": n, "distinct_percent": 200 / n, "most_common_percent": 100 * (n - 1) / n, "looping_percent": 100 / n})
+    assert f"{n} held-out rationales" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- contrastive baseline

@@ -57,11 +57,16 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
     assert grace["kl_to_base"] > 0 and results["arms"]["contrastive"]["kl_to_base"] > 0  # both moved the model
     assert "kl_to_base" not in results["arms"]["base_rationale"]
+    # Rationale diversity on every held-out text, for the arms that write a rationale only.
+    with_diversity = {name for name, arm in results["arms"].items() if "rationale_diversity" in arm}
+    assert with_diversity == {"base_rationale", "base_rationale_response", "grace"}
+    assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6
+    assert 0 < grace["rationale_diversity"]["distinct_percent"] <= 100
     assert grace["settings"]["cpu_dtype"] == "auto"
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
     report = (out / "tiny/report.md").read_text()
     assert "- grace vs base_rationale_response on LeeSTS:" in report
-    assert "| grace |" in report and "validation_reward.png" in report and "## In words" in report
+    assert "distinct / looping rationales %" in report and "| grace |" in report and "validation_reward.png" in report and "## In words" in report
     assert (out / "tiny/scores.png").exists() and (out / "tiny/validation_reward.png").exists()
 
     # Re-run: finished arms are skipped. An interrupted GRACE arm (no result, no merged model) resumes training

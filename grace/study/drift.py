@@ -14,13 +14,13 @@ rationales the evaluation has generated already.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from grace.embedding import position_ids_from_mask
 from grace.encoder import left_pad
+from grace.study.rationale_cli import add_rationale_flags, load_encoder, record_value
 
 
 @torch.no_grad()
@@ -64,7 +64,6 @@ def held_out_rationale_kl(encoder, base_path: Path, texts: list[str]) -> float:
 
 
 def main(argv=None) -> int:
-    from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
     from grace.evaluation.local_tasks import description_retrieval_items
 
     parser = argparse.ArgumentParser(prog="python -m grace.study.drift", description=__doc__,
@@ -72,27 +71,14 @@ def main(argv=None) -> int:
     parser.add_argument("base", type=Path, help="the model before training (a Hugging Face folder)")
     parser.add_argument("trained", type=Path, help="the model after training (a Hugging Face folder)")
     parser.add_argument("--texts", type=int, default=50, help="held-out retrieval documents whose rationales count")
-    parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens (greedy)")
-    parser.add_argument("--rationale_cache", type=Path, default=None,
-                        help="a study's rationales.sqlite: rationales the evaluation generated are not generated again")
-    parser.add_argument("--record", type=Path, default=None,
-                        help="a study arm's result.json to record the value in (key kl_to_base)")
+    add_rationale_flags(parser, record_key="kl_to_base")
     args = parser.parse_args(argv)
-    settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=args.rationale_length))
-    encoder = GraceEncoder.from_pretrained(args.trained, backend="hf", settings=settings)
-    if args.rationale_cache is not None:
-        from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
-
-        encoder.rationale_cache = RationaleCache(args.rationale_cache, encoder_namespace(args.trained, settings))
+    encoder = load_encoder(args.trained, args)
     _, documents = description_retrieval_items(args.texts)  # a study's KL texts: the first held-out documents
     value = held_out_rationale_kl(encoder, args.base, documents)
     print(f"KL(trained || base) on {args.texts} held-out rationales: {value:.4f} nats per token")
-    if args.record is not None:
-        record = json.loads(args.record.read_text())
-        record["kl_to_base"] = value
-        args.record.write_text(json.dumps(record, indent=1))
+    record_value(args, "kl_to_base", value)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

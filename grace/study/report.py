@@ -128,6 +128,10 @@ def _arm_details(name: str, arm: dict) -> list[str]:
                           if k not in ("metric", "score", "n", "score_ci") and isinstance(v, float))
         if extra:
             lines.append(f"- {task}: {extra}")
+    diversity = arm.get("rationale_diversity")
+    if diversity:
+        lines.append(f"- held-out rationales: {diversity['texts']}, {diversity['distinct_percent']:.1f}% distinct, the "
+                     f"most common {diversity['most_common_percent']:.1f}%, {diversity['looping_percent']:.1f}% looping")
     lines.append(f"- wall time: training {arm.get('train_seconds', 0):.0f} s, evaluation {arm['eval_seconds']:.0f} s")
     return lines + [""]
 
@@ -140,7 +144,8 @@ def results_table(results: dict) -> list[str]:
     header = ["arm"]
     for task in tasks:
         header += [f"{task} ", f"Δ vs {compare}"]
-    header += ["perplexity", "KL to base", "validation slope ± SE", "train s", "eval s"]
+    header += ["perplexity", "KL to base", "distinct / looping rationales %", "validation slope ± SE", "train s",
+               "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in results["arms"].items():
         cells = [name]
@@ -154,6 +159,8 @@ def results_table(results: dict) -> list[str]:
         validation = arm.get("validation_reward")
         cells.append(f"{arm['perplexity']:.2f}")
         cells.append(f"{arm['kl_to_base']:.4f}" if "kl_to_base" in arm else "-")
+        diversity = arm.get("rationale_diversity")
+        cells.append(f"{diversity['distinct_percent']:.1f} / {diversity['looping_percent']:.1f}" if diversity else "-")
         cells.append(f"{validation['slope']:+.4f} ± {validation['se']:.4f}" if validation and validation["steps"] >= 3
                      else "-")
         cells += [f"{arm.get('train_seconds', 0):.0f}", f"{arm['eval_seconds']:.0f}"]
@@ -164,7 +171,9 @@ def results_table(results: dict) -> list[str]:
                                              for task, values in first_arm["tasks"].items())
                   + "; perplexity: held-out Wikipedia extracts (generative retention); KL to base: mean "
                   "KL(trained || base) in nats per token over the arm's own rationales of held-out documents "
-                  "(`grace.study.drift`)."]
+                  "(`grace.study.drift`); distinct / looping rationales: the share of the arm's greedy rationales "
+                  "of every held-out text that are distinct, and that loop on a 4-token sequence "
+                  "(`grace.study.diversity`)."]
     return lines
 
 

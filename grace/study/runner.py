@@ -107,9 +107,11 @@ def train_contrastive_arm(config: StudyConfig, arm, model: Path, data: Path, arm
 
 def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, evaluation: HeldOutEvaluation,
                  cache: Path):
-    """Held-out task results, perplexity, and (for a trained arm) KL to the base model on its own rationales."""
+    """Held-out task results, perplexity, the diversity of the arm's held-out rationales (None without a rationale)
+    and (for a trained arm) KL to the base model on its own rationales."""
     from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
     from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
+    from grace.study.diversity import held_out_rationale_diversity
     from grace.study.drift import held_out_rationale_kl
     from grace.study.perplexity import held_out_texts, perplexity
 
@@ -121,9 +123,10 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
                                                              show_progress_bar=True))
     held_out_perplexity = perplexity(encoder.model, encoder.tokenizer, held_out_texts(config.evaluation.perplexity_texts))
+    diversity = held_out_rationale_diversity(encoder, evaluation.texts()) if arm.rationale else None
     kl = (None if arm.kind == "base"
           else held_out_rationale_kl(encoder, base_model, evaluation.documents[:config.evaluation.kl_texts]))
-    return tasks, held_out_perplexity, kl
+    return tasks, held_out_perplexity, diversity, kl
 
 
 def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, evaluation: HeldOutEvaluation) -> None:
@@ -140,11 +143,13 @@ def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, 
         record.update(trained)
     print(f"[{arm.name}] evaluating on the held-out tasks", flush=True)
     evaluated = time.perf_counter()
-    tasks, held_out_perplexity, kl = evaluate_arm(config, arm, model_path, model, evaluation,
+    tasks, held_out_perplexity, diversity, kl = evaluate_arm(config, arm, model_path, model, evaluation,
                                                   study_dir / "rationales.sqlite")
     record["eval_seconds"] = time.perf_counter() - evaluated
     record["wall_seconds"] = time.perf_counter() - started  # of this run (a resumed arm's earlier runs not counted)
     record["perplexity"] = held_out_perplexity
+    if diversity is not None:
+        record["rationale_diversity"] = diversity
     if kl is not None:
         record["kl_to_base"] = kl
     record["tasks"] = {name: {"metric": t.metric, "score": t.score, "n": t.n, **t.extra} for name, t in tasks.items()}
