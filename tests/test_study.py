@@ -13,9 +13,9 @@ from scipy.stats import linregress
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
-from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 from grace.evaluation.local_tasks import local_tasks
 from grace.evaluation.mteb_model import GraceMTEBModel
+from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 from grace.study import headroom
 from grace.study.config import load_config
 from grace.study.contrastive import build_model, read_triples, train_contrastive

@@ -60,6 +60,7 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     # Rationale diversity on every held-out text, for the arms that write a rationale only.
     with_diversity = {name for name, arm in results["arms"].items() if "rationale_diversity" in arm}
     assert with_diversity == {"base_rationale", "base_rationale_response", "grace"}
+    # Every text the evaluation embeds: each retrieval query, its document and the 6 Lee documents.
     assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6
     assert 0 < grace["rationale_diversity"]["distinct_percent"] <= 100
     assert grace["settings"]["cpu_dtype"] == "auto"

@@ -60,5 +60,6 @@ def main(argv=None) -> int:
     record_value(args, "rationale_diversity", diversity)
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -80,5 +80,6 @@ def main(argv=None) -> int:
     record_value(args, "kl_to_base", value)
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

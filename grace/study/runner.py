@@ -144,7 +144,7 @@ def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, 
     print(f"[{arm.name}] evaluating on the held-out tasks", flush=True)
     evaluated = time.perf_counter()
     tasks, held_out_perplexity, diversity, kl = evaluate_arm(config, arm, model_path, model, evaluation,
-                                                  study_dir / "rationales.sqlite")
+                                                             study_dir / "rationales.sqlite")
     record["eval_seconds"] = time.perf_counter() - evaluated
     record["wall_seconds"] = time.perf_counter() - started  # of this run (a resumed arm's earlier runs not counted)
     record["perplexity"] = held_out_perplexity
