@@ -17,6 +17,7 @@ from grace.evaluation.local_tasks import local_tasks
 from grace.evaluation.mteb_model import GraceMTEBModel
 from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 from grace.study import headroom
+from grace.study.archive import archive_arm, restore_arms
 from grace.study.config import load_config
 from grace.study.contrastive import build_model, read_triples, train_contrastive
 from grace.study.diversity import loops, rationale_diversity
@@ -25,6 +26,7 @@ from grace.study.drift import main as drift_main
 from grace.study.drift import rationale_kl
 from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
 from grace.study.perplexity import perplexity
+from grace.study.runner import collect_results
 from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, trend_verdict
 from tests.training import write_tiny_dataset
 
@@ -269,3 +271,55 @@ def test_committed_study_configs_load():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("studies/*.yaml")):
         assert load_config(path).arms
+
+
+def write_finished_arm(arms_dir, name, hits, **record):
+    """An evaluated arm as the runner leaves it: result.json and the per-query hits of one retrieval task."""
+    arm_dir = arms_dir / name
+    arm_dir.mkdir(parents=True)
+    np.savez(arm_dir / "units.npz", WikiDescriptionRetrieval=np.array(hits, dtype=float))
+    task = {"metric": "accuracy@1", "score": 100 * float(np.mean(hits)), "n": len(hits)}
+    (arm_dir / "result.json").write_text(json.dumps({"kind": "base", "tasks": {"WikiDescriptionRetrieval": task},
+                                                     **record}))
+    return arm_dir
+
+
+def test_archived_arms_rebuild_the_same_results_and_lost_units_are_never_paired(tmp_path):
+    config = load_config(write_config(tmp_path, (
+        "name: s\nevaluation: {bootstrap_resamples: 200}\narms:\n  - {name: base_rationale, kind: base}\n"
+        "  - {name: old, kind: base}\n  - {name: new, kind: base, compare_to: old}\n")))
+    run, archive = tmp_path / "run", tmp_path / "archive"
+    write_finished_arm(run / "arms", "base_rationale", [1, 0, 0, 1, 0, 1, 0, 0])
+    write_finished_arm(run / "arms", "new", [1, 1, 0, 1, 1, 1, 0, 1])
+    (run / "arms/new/metrics.jsonl").write_text('{"step": 1}\n')
+    before = collect_results(config, run)
+    for name in ("base_rationale", "new"):
+        archive_arm(run / "arms" / name, archive)
+    assert sorted(p.name for p in (archive / "new").iterdir()) == ["metrics.jsonl", "result.json", "units.npz"]
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        archive_arm(run / "arms" / "old", archive)
+
+    # A new machine: the run folder is gone, the archive rebuilds the same results, files byte for byte.
+    fresh = tmp_path / "fresh"
+    assert restore_arms(archive, fresh / "arms", [arm.name for arm in config.arms]) == ["base_rationale", "new"]
+    assert (fresh / "arms/new/units.npz").read_bytes() == (run / "arms/new/units.npz").read_bytes()
+    assert collect_results(config, fresh) == before
+    assert before["arms"]["new"]["tasks"]["WikiDescriptionRetrieval"]["vs_base_rationale"]["diff"] == 37.5
+    # A finished arm in the run folder is newer than the archive's: never overwritten.
+    (fresh / "arms/new/result.json").write_text("{}")
+    assert restore_arms(archive, fresh / "arms", ["new"]) == [] and (fresh / "arms/new/result.json").read_text() == "{}"
+
+    # An arm whose per-item scores were lost keeps the intervals it was recorded with; nothing is paired with it.
+    stored = {"metric": "accuracy@1", "score": 50.0, "n": 8, "score_ci": [12.5, 87.5],
+              "vs_base_rationale": {"diff": 12.5, "ci_low": -25.0, "ci_high": 50.0, "n": 8, "resamples": 200}}
+    (archive / "old").mkdir()
+    (archive / "old/result.json").write_text(json.dumps({"kind": "base", "units_lost": "machine replaced",
+                                                         "tasks": {"WikiDescriptionRetrieval": stored}}))
+    assert restore_arms(archive, run / "arms", [arm.name for arm in config.arms]) == ["old"]
+    results = collect_results(config, run)
+    assert results["arms"]["old"]["tasks"]["WikiDescriptionRetrieval"] == stored and results["not_run"] == []
+    assert set(results["arms"]["new"]["tasks"]["WikiDescriptionRetrieval"]) == {"metric", "score", "n", "score_ci",
+                                                                                "vs_base_rationale"}
+    (run / "arms/new/units.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="units.npz is missing"):
+        collect_results(config, run)

@@ -1,5 +1,5 @@
 """`python -m grace.study` end to end on the tiny model: every arm kind, results.json in its schema, finished arms
-skipped on a re-run, an interrupted GRACE arm resumed from its checkpoint."""
+skipped on a re-run, an interrupted GRACE arm resumed from its checkpoint, a study rebuilt from its archive alone."""
 
 import json
 import math
@@ -85,3 +85,14 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     resumed = json.loads((out / "tiny/results.json").read_text())["arms"]["grace"]
     assert resumed["validation_reward"]["at_steps"] == [0, 1, 2, 3]
     assert len(resumed["training"]["grace/total"]) == 3
+
+    # The archive: naming it archives the arms finished so far; a new machine with only the archive (no run folder)
+    # runs nothing and rebuilds the same results.
+    archive = tmp_path / "archive"
+    assert study_main([str(config), "--out", str(out), "--archive", str(archive)]) == 0
+    assert sorted(p.name for p in (archive / "grace").iterdir()) == ["metrics.jsonl", "result.json", "units.npz"]
+    capsys.readouterr()
+    assert study_main([str(config), "--out", str(tmp_path / "new_machine"), "--archive", str(archive)]) == 0
+    assert "5 arms, 0 to run" in capsys.readouterr().out
+    assert (json.loads((tmp_path / "new_machine/tiny/results.json").read_text())
+            == json.loads((out / "tiny/results.json").read_text()))

@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", type=Path, help="study configuration (YAML or JSON; see grace/study/config.py)")
     parser.add_argument("--out", type=Path, default=Path("study_out"), help="parent folder of the study's folder")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (the report covers all done)")
+    parser.add_argument("--archive", type=Path, default=None,
+                        help="committed folder of finished arms (grace/study/archive.py): arms found there are not "
+                             "re-run, and each arm is copied there as it finishes")
     return parser
 
 
@@ -27,7 +30,7 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"--arms: {unknown} not in {args.config}")
     study_dir = args.out.resolve() / config.name
-    results = run_study(config, args.config.read_text(encoding="utf-8"), study_dir, args.arms)
+    results = run_study(config, args.config.read_text(encoding="utf-8"), study_dir, args.arms, args.archive)
     report = write_report(config, results, study_dir, args.config)
     print(f"\nreport: {report}")
     return 0

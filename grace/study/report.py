@@ -133,6 +133,8 @@ def _arm_details(name: str, arm: dict) -> list[str]:
         lines.append(f"- held-out rationales: {diversity['texts']}, {diversity['distinct_percent']:.1f}% distinct, the "
                      f"most common {diversity['most_common_percent']:.1f}%, {diversity['looping_percent']:.1f}% looping")
     lines.append(f"- wall time: training {arm.get('train_seconds', 0):.0f} s, evaluation {arm['eval_seconds']:.0f} s")
+    if "units_lost" in arm:
+        lines.append(f"- per-item scores lost: {arm['units_lost']}")
     return lines + [""]
 
 

@@ -11,6 +11,8 @@ Layout of OUT/<name>/ (OUT defaults to study_out):
 
 An arm with a result.json is skipped on a re-run; a GRACE arm whose training was interrupted resumes from its
 latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm retrains (minutes).
+With an archive folder (`grace.study.archive`), archived arms are restored before the run and each arm is archived
+as it finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grace.study.archive import archive_finished_arms, restore_arms
 from grace.study.config import StudyConfig
 from grace.study.heldout import STATISTICS, HeldOutEvaluation
 from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap
@@ -159,17 +162,26 @@ def run_arm(config: StudyConfig, arm, model: Path, data: Path, study_dir: Path, 
     print(f"[{arm.name}] {summary}, perplexity {held_out_perplexity:.2f}", flush=True)
 
 
-def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray] | None] | None:
+    """The arm's record and per-item scores; None if it has not finished; units None if they were lost (an archived
+    arm from before the archive kept them)."""
     arm_dir = study_dir / "arms" / name
     if not (arm_dir / "result.json").exists():
         return None
+    record = json.loads((arm_dir / "result.json").read_text())
+    if not (arm_dir / "units.npz").exists():
+        if "units_lost" not in record:
+            raise FileNotFoundError(f"{arm_dir / 'units.npz'} is missing and {arm_dir / 'result.json'} does not say "
+                                    f"why (a record whose per-item scores were lost carries a 'units_lost' note)")
+        return record, None
     with np.load(arm_dir / "units.npz") as units:
-        return json.loads((arm_dir / "result.json").read_text()), {k: units[k] for k in units.files}
+        return record, {k: units[k] for k in units.files}
 
 
 def collect_results(config: StudyConfig, study_dir: Path) -> dict:
     """results.json: every finished arm, its scores with error bars, and paired intervals against `compare_to` (the
-    study's, and the arm's own where it names one)."""
+    study's, and the arm's own where it names one). An arm whose per-item scores were lost keeps the intervals it
+    was recorded with, and no arm is paired with it."""
     loaded = {arm.name: load_arm(study_dir, arm.name) for arm in config.arms}
     resamples, arms = config.evaluation.bootstrap_resamples, {}
     for arm in config.arms:
@@ -177,8 +189,11 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
         if entry is None:
             continue
         record, units = entry
+        if units is None:
+            arms[arm.name] = record
+            continue
         references = [name for name in dict.fromkeys([config.compare_to, *arm.references()])
-                      if name != arm.name and loaded[name] is not None]
+                      if name != arm.name and loaded[name] is not None and loaded[name][1] is not None]
         for task, values in record["tasks"].items():
             statistic = STATISTICS[values["metric"]]
             low, high = bootstrap_interval(units[task], statistic, resamples, config.seed)
@@ -191,9 +206,18 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
             "not_run": [arm.name for arm in config.arms if loaded[arm.name] is None]}
 
 
-def run_study(config: StudyConfig, config_text: str, study_dir: Path, only: list[str] | None = None) -> dict:
-    """Run the arms not yet done (all, or those in `only`) in `study_dir`; write and return results.json."""
+def run_study(config: StudyConfig, config_text: str, study_dir: Path, only: list[str] | None = None,
+              archive: Path | None = None) -> dict:
+    """Run the arms not yet done (all, or those in `only`) in `study_dir`, restoring them from and archiving them to
+    `archive` when given; write and return results.json."""
     study_dir.mkdir(parents=True, exist_ok=True)
+    names = [arm.name for arm in config.arms]
+    if archive is not None:
+        archive.mkdir(parents=True, exist_ok=True)
+        restored = restore_arms(archive, study_dir / "arms", names)
+        if restored:
+            print(f"[study {config.name}] restored from {archive}: {', '.join(restored)}", flush=True)
+        archive_finished_arms(study_dir / "arms", archive, names)  # arms that finished before the archive was named
     (study_dir / "config.yaml").write_text(config_text, encoding="utf-8")
     if config.model is None:
         from grace.data.assets import smollm2_hf_folder
@@ -211,6 +235,9 @@ def run_study(config: StudyConfig, config_text: str, study_dir: Path, only: list
         for number, arm in enumerate(pending, start=1):
             print(f"\n=== [study {config.name}] arm {number}/{len(pending)}: {arm.name} ({arm.kind})", flush=True)
             run_arm(config, arm, model, data, study_dir, evaluation)
+            if archive is not None:
+                archive_finished_arms(study_dir / "arms", archive, [arm.name])
+                print(f"[{arm.name}] archived in {archive / arm.name}", flush=True)
     results = collect_results(config, study_dir)
     (study_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
