@@ -16,15 +16,19 @@ from pathlib import Path
 ARCHIVED_FILES = ("units.npz", "metrics.jsonl", "result.json")
 
 
+def _copy_archived_files(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+
+
 def archive_arm(arm_dir: Path, archive: Path) -> Path:
     """Copy a finished arm's archived files from its run folder to archive/<arm>/; returns that folder."""
     if not (arm_dir / "result.json").exists():
         raise FileNotFoundError(f"{arm_dir / 'result.json'}: the arm has not finished, there is nothing to archive")
     target = archive / arm_dir.name
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ARCHIVED_FILES:
-        if (arm_dir / name).exists():
-            shutil.copy2(arm_dir / name, target / name)
+    _copy_archived_files(arm_dir, target)
     return target
 
 
@@ -46,9 +50,6 @@ def restore_arms(archive: Path, arms_dir: Path, names: list[str]) -> list[str]:
         source, target = archive / name, arms_dir / name
         if not (source / "result.json").exists() or (target / "result.json").exists():
             continue
-        target.mkdir(parents=True, exist_ok=True)
-        for file in ARCHIVED_FILES:
-            if (source / file).exists():
-                shutil.copy2(source / file, target / file)
+        _copy_archived_files(source, target)
         restored.append(name)
     return restored
