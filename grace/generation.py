@@ -16,9 +16,12 @@ the weights' products. `ContinuousBatchGenerator` instead:
 Each row attends exactly its own tokens (an explicit 4-D mask) at its own positions, so it gets the sequence it would
 get generated alone, up to the float rounding of differently shaped products (tested against one-prompt-at-a-time
 `generate`). Simplifications: decoder-only models whose attention layers write through `past_key_values.update` and
-take a 4-D `attention_mask` as given (Llama, Qwen2, Qwen3, Mistral in transformers 4.5x; checked at run time);
-full attention only (no sliding window); sampled rows draw from one seeded generator, so a sampled rationale depends
-on the call it was made in, not only on its text.
+take a 4-D `attention_mask` as given (Llama, Qwen2, Qwen3, Mistral, Gemma 3 in transformers 4.5x; checked at run
+time); no attention-logit softcapping (Gemma 2) and no attention sinks (gpt-oss); a sliding window (Mistral 0.1,
+Phi-3, Gemma 3) only where it cannot bind (prompt + rationale no longer than the window). A model outside these is
+refused by name (`unsupported_attention`), never generated wrongly. Sampling follows the settings alone
+(temperature, then top-k, then top-p), never the checkpoint's generation_config.json; sampled rows draw from one
+seeded generator, so a sampled rationale depends on the call it was made in, not only on its text.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
+
+from grace.embedding import position_ids_from_mask
 
 ATTENTION = "grace_grouped_query_sdpa"
 MEMORY_BUDGET_BYTES = 2 * 1024**3  # key/value buffers on a CPU; on a GPU, half of the free memory
@@ -45,18 +50,52 @@ class GenerationSettings:
     do_sample: bool = False  # greedy: the same text always gets the same rationale
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: every token
     seed: int = 0  # used when sampling
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {self.temperature}, "
-                             f"{self.top_p}")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
+            raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0, got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k}")
 
 
-def grouped_query_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_):
-    """Attention with the key/value heads shared by groups of query heads read in place (no repeated copies)."""
+def model_name(config) -> str:
+    return f"{getattr(config, '_name_or_path', '') or 'a model'} ({config.model_type})"
+
+
+def unsupported_attention(model, span: int) -> str | None:
+    """Why the continuous-batching generator would generate `model`'s rationales wrongly when a row holds up to
+    `span` tokens (prompt + rationale), or None when it serves it exactly."""
+    config = model.config
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return f"{model_name(config)} caps its attention logits (softcap), which SDPA does not do"
+    if any(name.rsplit(".", 1)[-1] == "sinks" for name, _ in model.named_parameters()):
+        return f"{model_name(config)} attends with learned sinks, which SDPA does not do"
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if window is not None and (not layer_types or "sliding_attention" in layer_types) and span > window:
+        return (f"{model_name(config)} attends within a sliding window of {window} tokens, and a prompt + rationale "
+                f"of up to {span} tokens would pass it (GRACE's generator has no window masks)")
+    return None
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+def grouped_query_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                       softcap=None, s_aux=None, **_):
+    """Attention with the key/value heads shared by groups of query heads read in place (no repeated copies).
+
+    Refuses what plain SDPA would compute wrongly (the generator checks the model first; this is the last guard,
+    for a model family that passes something new): a window narrower than the keys, softcapping, sinks."""
+    needs = [name for name, unsupported in (("softcapping", softcap is not None), ("sinks", s_aux is not None), (
+        "a sliding window", sliding_window is not None and key.shape[-2] > sliding_window)) if unsupported]
+    if needs:
+        raise UnsupportedModelError(f"{model_name(module.config)}: its attention needs {' and '.join(needs)}, which "
+                                    "GRACE's continuous-batching generator does not implement")
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                             enable_gqa=key.shape[1] != query.shape[1])
     return output.transpose(1, 2).contiguous(), None
@@ -142,10 +181,15 @@ class _attention_implementation:
 
 def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None
                   ) -> torch.Tensor:
-    """[rows] next tokens: argmax, or a draw at the settings' temperature from the top-p nucleus."""
+    """[rows] next tokens: argmax, or a draw at the settings' temperature from the top-k tokens' top-p nucleus (the
+    order of transformers' and vLLM's samplers: top-p over the top-k renormalised)."""
     if not settings.do_sample:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if 0 < settings.top_k < probs.shape[-1]:
+        kth = probs.topk(settings.top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
     if settings.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= settings.top_p  # the top token is always kept
@@ -153,18 +197,27 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def default_slots(model, capacity: int) -> int:
-    """Slots whose key/value buffers fit the memory budget (2 GiB on a CPU, half the free memory on a GPU)."""
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the model's keys and values come out in: the autocast's when one is on (verl's rollouts run under a
+    bf16 autocast while FSDP keeps float32 parameters), else its parameters'."""
+    device_type = model.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return model.dtype
+
+
+def default_slots(model, capacity: int, prefill_tokens: int) -> int:
+    """Slots whose key/value buffers, with those of the largest prefill (`prefill_tokens` positions), fit the memory
+    budget (2 GiB on a CPU, half the free memory on a GPU)."""
     config = model.config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    element = torch.finfo(model.dtype).bits // 8
-    per_slot = 2 * config.num_hidden_layers * kv_heads * head_dim * capacity * element
+    per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(compute_dtype(model)).bits // 8
     budget = MEMORY_BUDGET_BYTES
     if model.device.type == "cuda":
         budget = torch.cuda.mem_get_info(model.device)[0] // 2
-    return max(1, min(MAX_SLOTS, budget // per_slot))
+    return max(1, min(MAX_SLOTS, (budget - prefill_tokens * per_position) // (capacity * per_position)))
 
 
 @dataclass
@@ -200,6 +253,11 @@ class ContinuousBatchGenerator:
         self.stats = DecodeStats()
         if not prompts:
             return []
+        refusal = unsupported_attention(self.model, max(map(len, prompts)) + settings.max_new_tokens)
+        if refusal is not None:
+            raise UnsupportedModelError(f"{refusal}: its rationales would be wrong. Generate them with vLLM on a GPU "
+                                        "(GraceEncoder.from_pretrained(..., backend='vllm')); in training, verl's HF "
+                                        "rollout takes such models through model.generate by itself")
         with _attention_implementation(self.model, ATTENTION):
             return _Decode(self, prompts, settings, on_finished).run()
 
@@ -216,7 +274,8 @@ class _Decode:
         self.longest = len(prompts[self.waiting[0]])
         span = self.longest + settings.max_new_tokens  # the most columns a row can hold
         capacity = span + max(64, span // 4)  # a shift of the window frees at least the slack
-        slots = min(owner.slots or default_slots(self.model, capacity), len(prompts))
+        slots = min(owner.slots or default_slots(self.model, capacity, max(PREFILL_TOKENS, self.longest)),
+                    len(prompts))
         device = self.model.device
         self.cache = SlotKVCache(slots, capacity)
         self.cache.start = self.cache.end = self.longest  # room on the left for any prompt
@@ -274,7 +333,7 @@ class _Decode:
             # a padding position attends to itself only, so its (unused) values stay finite
             attention = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
             prefill = SlotKVCache(count, width)
-            first = self.model_step(ids, attention[:, None], (mask.long().cumsum(-1) - 1).clamp(min=0), prefill)
+            first = self.model_step(ids, attention[:, None], position_ids_from_mask(mask), prefill)
             index = torch.tensor(slots, device=device)
             self.cache.copy_in(index, prefill, width)
             self.valid[index] = False
@@ -355,7 +414,8 @@ class VLLMGenerator:
 
         params = SamplingParams(max_tokens=settings.max_new_tokens, stop_token_ids=self.eos_ids, seed=settings.seed,
                                 temperature=settings.temperature if settings.do_sample else 0.0,
-                                top_p=settings.top_p if settings.do_sample else 1.0)
+                                top_p=settings.top_p if settings.do_sample else 1.0,
+                                top_k=settings.top_k if settings.do_sample and settings.top_k > 0 else -1)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         if on_finished is not None:
             on_finished(len(outputs))

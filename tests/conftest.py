@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.tiny_model import build_tiny_model
 
@@ -52,3 +53,28 @@ def pytest_unconfigure(config):
 def tiny_model_path(tmp_path_factory):
     """Folder of the tiny random Qwen2 + tokenizer, built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def chaotic_model(tiny_model_path):
+    """The tiny Qwen2 with larger random weights: its greedy continuations change with every token of context
+    (the default initialisation repeats one token), so a wrong position or mask shows in the output."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="session")
+def prompts(tiny_model_path):
+    """Twelve chat prompts of different lengths, from packaged Wikipedia extracts."""
+    from transformers import AutoTokenizer
+
+    from grace.data.assets import load_wiki_articles
+    from grace.prompts import chat_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    articles = load_wiki_articles()[:12]
+    return [chat_prompt_ids(tokenizer, a["extract"][: 20 + 37 * i % 300], 1024) for i, a in enumerate(articles)]

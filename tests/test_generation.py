@@ -1,5 +1,6 @@
 """Continuous-batching generation: the same greedy rationales as one prompt at a time, sampling, errors, and the
-encoder's chunked use of it (order restored, nothing lost on a failure)."""
+encoder's chunked use of it (order restored, nothing lost on a failure). The fixtures `chaotic_model` and `prompts`
+are in conftest.py."""
 
 from collections import Counter
 
@@ -10,27 +11,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import grace.encoder
 from grace.data.assets import load_wiki_articles, smollm2_hf_folder
 from grace.encoder import GraceEncoder
-from grace.generation import ContinuousBatchGenerator, GenerationSettings, SlotKVCache, choose_tokens
+import grace.generation
+from grace.generation import (ContinuousBatchGenerator, GenerationSettings, SlotKVCache, UnsupportedModelError,
+                              choose_tokens, default_slots)
 from grace.prompts import chat_prompt_ids
 
 NEW_TOKENS = 40
-
-
-@pytest.fixture(scope="module")
-def chaotic_model(tiny_model_path):
-    """The tiny Qwen2 with larger random weights: its greedy continuations change with every token of context
-    (the default initialisation repeats one token), so a wrong position or mask shows in the output."""
-    config = AutoConfig.from_pretrained(tiny_model_path)
-    config.initializer_range = 0.3
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
-@pytest.fixture(scope="module")
-def prompts(tiny_model_path):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    articles = load_wiki_articles()[:12]
-    return [chat_prompt_ids(tokenizer, a["extract"][: 20 + 37 * i % 300], 1024) for i, a in enumerate(articles)]
 
 
 def one_at_a_time(model, prompts, max_new_tokens, eos_ids):
@@ -173,74 +159,79 @@ def test_packaged_smollm2_rationales_match_one_prompt_at_a_time():
     assert got == expected
 
 
-def rollout_config(response_length: int, n: int = 1):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"response_length": response_length, "n": n, "do_sample": True, "temperature": 1.0,
-                             "top_p": 1.0, "top_k": -1, "val_kwargs": {"top_k": -1, "top_p": 1.0,
-                                                                      "temperature": 0.0}})
-
-
-def left_padded_prompts(prompts, pad_id):
-    from verl import DataProto
-
-    from grace.verl_ext import cpu_compat
-
-    cpu_compat.apply()  # as in every CPU worker: verl's HF rollout calls torch.cpu.empty_cache
-
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return DataProto.from_dict({"input_ids": ids, "attention_mask": mask, "position_ids": positions})
+def test_top_k_keeps_the_k_most_likely_then_the_nucleus_of_those():
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    draws = lambda settings: {int(choose_tokens(logits, settings, torch.Generator().manual_seed(s)))  # noqa: E731
+                              for s in range(400)}
+    assert draws(GenerationSettings(do_sample=True, top_k=2)) == {0, 1}
+    assert draws(GenerationSettings(do_sample=True, top_k=3)) == {0, 1, 2}
+    # top-p over the top-3 renormalised (0.44, 0.33, 0.22): 0.7 needs the first two; over all four 0.4 + 0.3 would do
+    assert draws(GenerationSettings(do_sample=True, top_k=3, top_p=0.75)) == {0, 1}
+    assert draws(GenerationSettings(do_sample=True, top_k=3, top_p=0.8)) == {0, 1, 2}
+    # a low temperature sharpens before the cut: only the top token is left inside the nucleus
+    assert draws(GenerationSettings(do_sample=True, temperature=0.05, top_p=0.9)) == {0}
+    with pytest.raises(ValueError, match="top_k >= 0"):
+        GenerationSettings(do_sample=True, top_k=-1)
 
 
-def test_verl_hf_rollout_with_continuous_batching_gives_one_prompt_at_a_time_rationales_in_verl_layout(
-        chaotic_model, prompts, monkeypatch):
-    import contextlib
-
-    from grace.verl_ext.rollout import ContinuousBatchHFRollout
-
-    # a float32 CPU run turns verl's bf16 autocast off (cpu_compat); so does this test, to compare with float32
-    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
-
-    endless = one_at_a_time(chaotic_model, prompts, NEW_TOKENS, [10**6])
-    eos, pad = frequent_inner_token(endless), 0
-    expected = [r[: r.index(eos) + 1] if eos in r else r for r in endless]
-    batch = left_padded_prompts(prompts, pad)
-    batch.meta_info = {"eos_token_id": eos, "pad_token_id": pad, "do_sample": False}
-    out = ContinuousBatchHFRollout(chaotic_model, rollout_config(NEW_TOKENS)).generate_sequences(batch).batch
-    width = batch.batch["input_ids"].shape[1]
-    assert torch.equal(out["prompts"], batch.batch["input_ids"])
-    for i, rationale in enumerate(expected):
-        response = out["responses"][i].tolist()
-        assert response == rationale + [pad] * (NEW_TOKENS - len(rationale))  # padded to response_length
-        valid = out["attention_mask"][i, width:].tolist()
-        assert valid == [1] * len(rationale) + [0] * (NEW_TOKENS - len(rationale))  # up to and with the EOS
-        prompt_positions = batch.batch["position_ids"][i]
-        assert out["position_ids"][i, width:].tolist() == list(range(int(prompt_positions[-1]) + 1,
-                                                                     int(prompt_positions[-1]) + NEW_TOKENS + 1))
-    assert chaotic_model.training  # left in train mode, as verl's HF rollout leaves it
-    chaotic_model.eval()
+def test_the_slot_budget_counts_the_dtype_the_buffers_hold_and_the_prefill(chaotic_model, monkeypatch):
+    # the tiny Qwen2: 2 layers x 2 key/value heads x head size 16, keys and values: 128 numbers per position
+    monkeypatch.setattr(grace.generation, "MEMORY_BUDGET_BYTES", 4 * 128 * (8192 + 5 * 1000))
+    assert chaotic_model.dtype == torch.float32
+    assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == 5  # float32: exactly 5 fit
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # verl's rollouts: float32 parameters, bf16 keys and values
+        assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == (
+            (4 * 128 * 13192 - 2 * 128 * 8192) // (2 * 128 * 1000))  # 18: twice the float32 room, less the prefill
+    monkeypatch.setattr(grace.generation, "MEMORY_BUDGET_BYTES", 4 * 128 * 8192)  # the prefill takes it all
+    assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == 1
 
 
-def test_verl_hf_rollout_with_continuous_batching_samples_n_per_prompt_from_the_seeded_global_rng(
-        chaotic_model, prompts):
-    from grace.verl_ext.rollout import ContinuousBatchHFRollout, continuous_batching_rollout
-    from verl.workers.rollout import HFRollout
+def family_model(family: str, vocab_size: int, **overrides):
+    """A 2-layer random model of `family` whose greedy outputs depend on every position: large weights, but for Gemma 3,
+    whose scaled embeddings then saturate to one token."""
+    from transformers import Gemma2Config, Gemma3TextConfig, GptOssConfig, MistralConfig, Phi3Config
 
-    batch = left_padded_prompts(prompts[:4], 0)
-    batch.meta_info = {"eos_token_id": 10**6, "pad_token_id": 0}
-    rollout = continuous_batching_rollout(HFRollout(chaotic_model, rollout_config(12, n=3)), world_size=1)
-    assert isinstance(rollout, ContinuousBatchHFRollout)
-    torch.manual_seed(5)
-    first = rollout.generate_sequences(batch).batch
-    torch.manual_seed(5)
-    again = rollout.generate_sequences(batch).batch
-    chaotic_model.eval()
-    assert first["responses"].shape == (12, 12) and torch.equal(first["responses"], again["responses"])
-    assert torch.equal(first["prompts"], batch.batch["input_ids"].repeat_interleave(3, dim=0))
-    assert len({tuple(r.tolist()) for r in first["responses"]}) > 4  # sampled: copies of a prompt differ
-    assert type(continuous_batching_rollout(HFRollout(chaotic_model, rollout_config(12)), world_size=2)) is HFRollout
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.3,
+                  pad_token_id=0)
+    configs = {"gemma2": lambda: Gemma2Config(**common, head_dim=16),
+               "gemma3": lambda: Gemma3TextConfig(**{**common, "initializer_range": 0.02}, head_dim=16), "mistral": lambda: MistralConfig(**common), "phi3": lambda: Phi3Config(**common),
+               "gpt_oss": lambda: GptOssConfig(**common, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                                               rope_scaling=None)}
+    config = configs[family]()
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family, overrides, reason", [
+    ("gemma2", {}, "caps its attention logits"),
+    ("gpt_oss", {}, "attends with learned sinks"),
+    ("mistral", {"sliding_window": 24}, "sliding window of 24 tokens"),  # Mistral 0.1: 4096
+    ("phi3", {"sliding_window": 24}, "sliding window of 24 tokens"),  # Phi-3-mini-4k: 2047
+    ("gemma3", {"sliding_window": 24}, "sliding window of 24 tokens"),
+])
+def test_models_the_generator_would_get_wrong_are_refused_by_name(family, overrides, reason, prompts,
+                                                                  tiny_model_path, monkeypatch):
+    model = family_model(family, len(AutoTokenizer.from_pretrained(tiny_model_path)), **overrides)
+    generator = ContinuousBatchGenerator(model, [10**6], pad_id=0, slots=2)
+    with pytest.raises(UnsupportedModelError, match=rf"\({model.config.model_type}\) .*{reason}.*backend='vllm'"):
+        generator.generate(prompts[:3], GenerationSettings(max_new_tokens=8))
+    # the model-level check is what stands between the user and wrong rationales: past it, the attention guard
+    # sees what SDPA would drop
+    monkeypatch.setattr(grace.generation, "unsupported_attention", lambda model, span: None)
+    with pytest.raises(UnsupportedModelError, match="its attention needs"):
+        generator.generate(prompts[:3], GenerationSettings(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("family", ["mistral", "phi3", "gemma3"])
+def test_a_sliding_window_that_cannot_bind_gives_the_rationales_of_one_prompt_at_a_time(family, prompts,
+                                                                                          tiny_model_path):
+    span = max(map(len, prompts[:6])) + 12
+    model = family_model(family, len(AutoTokenizer.from_pretrained(tiny_model_path)), sliding_window=span)
+    expected = one_at_a_time(model, prompts[:6], 12, [10**6])
+    assert len({tuple(r) for r in expected}) == 6  # the outputs depend on the text
+    got = ContinuousBatchGenerator(model, [10**6], pad_id=0, slots=3).generate(
+        prompts[:6], GenerationSettings(max_new_tokens=12))
+    assert got == expected

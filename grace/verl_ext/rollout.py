@@ -1,35 +1,61 @@
-"""verl's HF rollout with GRACE's continuous-batching generator (grace.generation) in place of `model.generate`.
+"""verl's HF rollout with rollouts that are right on every path, and GRACE's continuous-batching generator on one rank.
 
-The demo and the study train with verl's HF rollout on a CPU, where `model.generate` spends most of its time
-copying key/value heads and growing its cache (issue 16: 3.2x slower than `ContinuousBatchGenerator` on
-SmolLM2). `ContinuousBatchHFRollout` keeps everything of verl's `HFRollout._generate_minibatch` (sampling options
-from the config and meta_info, padding to response_length, masks, positions) and swaps only the call to
-`generate`, through a stand-in module. It is used on one rank only: with several ranks, FSDP needs every rank to
-run the same number of forwards, and continuous batching stops each rank at its own pace.
-A sampling option the generator does not have (top-k) goes to `model.generate` unchanged.
+verl 0.4.1's `HFRollout._generate_minibatch` builds the sampling options from its config and meta_info, calls
+`model.generate`, and pads and masks the result. Its call to `generate` has two defects, both silent:
+- it passes the prompts' `position_ids`; transformers 4.x never advances position ids a caller passes (it slices
+  their last column at every step), so every generated token after the first sits at the last prompt position
+  (frozen positions). Without them the model counts positions from the attention mask, as verl's own position ids
+  do, and the rollouts are those of one prompt at a time;
+- transformers merges the checkpoint's generation_config.json into verl's options wherever verl's value equals the
+  library default (a merged Qwen2.5-Instruct checkpoint brings top_k 20, top_p 0.8, temperature 0.7, repetition
+  penalty 1.05), so the same config would sample differently on each path.
+
+`GraceHFRollout` keeps everything of verl's `_generate_minibatch` and swaps only the call to `generate`, through a
+stand-in module: positions come from the mask, and verl's options are the whole sampling rule (temperature, top-p,
+top-k, or val_kwargs in validation; no repetition penalty; the checkpoint's own sampling fields are not read). On
+one rank `generate` is the continuous-batching generator (`grace.generation`: 3.2x faster than `model.generate` on
+SmolLM2 on a CPU); with several ranks FSDP needs every rank to run the same number of forwards, which continuous
+batching does not, and a model the generator cannot serve exactly (`unsupported_attention`) also goes to
+`model.generate`.
 """
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import torch
 from verl.workers.rollout import HFRollout
 
-from grace.generation import ContinuousBatchGenerator, GenerationSettings
+from grace.generation import ContinuousBatchGenerator, GenerationSettings, unsupported_attention
+
+logger = logging.getLogger(__name__)
 
 
 def _as_list(ids) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, (list, tuple)) else [int(ids)]
 
 
-class _ContinuousBatchModule:
-    """Stands in for the policy inside HFRollout._generate_minibatch: `generate` runs the continuous-batching
-    generator on the real module and returns sequences laid out as `model.generate`'s (prompt columns as given,
-    each prompt's `num_return_sequences` rows adjacent, responses right-padded with the pad id)."""
+def sampling_settings(generation_config, max_new_tokens: int) -> GenerationSettings:
+    """verl's sampling options (a transformers GenerationConfig built by `_generate_minibatch`) as the generator's."""
+    config = generation_config
+    sample = bool(config.do_sample)
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=config.temperature if sample else 1.0,
+        top_p=config.top_p if sample and config.top_p is not None else 1.0,
+        top_k=config.top_k if sample and config.top_k else 0,
+        seed=int(torch.randint(2**31 - 1, ())),  # from torch's global RNG, which verl seeds
+    )
 
-    def __init__(self, module):
-        self.module = module
+
+class _RolloutModule:
+    """Stands in for the policy inside HFRollout._generate_minibatch: `generate` returns sequences laid out as
+    `model.generate`'s (prompt columns as given, each prompt's `num_return_sequences` rows adjacent, responses
+    right-padded with the pad id), from the continuous-batching generator or from `model.generate`."""
+
+    def __init__(self, module, continuous_batching: bool):
+        self.module, self.continuous_batching = module, continuous_batching
 
     def eval(self):
         self.module.eval()
@@ -40,23 +66,25 @@ class _ContinuousBatchModule:
         return self
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, generation_config,
-                 **kwargs):
-        config = generation_config
-        if config.do_sample and (config.top_k or 0) > 0:
-            return self.module.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                                        pad_token_id=pad_token_id, generation_config=config, **kwargs)
-        copies = config.num_return_sequences or 1
+                 position_ids=None, **kwargs):
+        # verl's position_ids are dropped: transformers would freeze them (module docstring).
+        if self.continuous_batching:
+            refusal = unsupported_attention(self.module, input_ids.shape[1] + max_new_tokens)
+            if refusal is None:
+                return self._continuous_batching(input_ids, attention_mask, max_new_tokens, eos_token_id,
+                                                 pad_token_id, generation_config)
+            logger.warning("%s: rollouts go through model.generate", refusal)
+        return self.module.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                    generation_config=generation_config, use_model_defaults=False, **kwargs)
+
+    def _continuous_batching(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                             generation_config):
+        copies = generation_config.num_return_sequences or 1
         prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
         prompts = [prompt for prompt in prompts for _ in range(copies)]
-        settings = GenerationSettings(
-            max_new_tokens=max_new_tokens, do_sample=bool(config.do_sample),
-            temperature=config.temperature if config.do_sample else 1.0,
-            top_p=config.top_p if config.do_sample and config.top_p is not None else 1.0,
-            seed=int(torch.randint(2**31 - 1, ())),  # from torch's global RNG, which verl seeds
-        )
         generator = ContinuousBatchGenerator(self.module, _as_list(eos_token_id), pad_token_id)
-        responses = generator.generate(prompts, settings)
+        responses = generator.generate(prompts, sampling_settings(generation_config, max_new_tokens))
         width = input_ids.shape[1]
         sequences = torch.full((len(prompts), width + max(len(r) for r in responses)), pad_token_id,
                                dtype=input_ids.dtype, device=input_ids.device)
@@ -66,18 +94,22 @@ class _ContinuousBatchModule:
         return SimpleNamespace(sequences=sequences)
 
 
-class ContinuousBatchHFRollout(HFRollout):
+class GraceHFRollout(HFRollout):
+    def __init__(self, module, config, continuous_batching: bool):
+        super().__init__(module=module, config=config)
+        self.continuous_batching = continuous_batching
+
     def _generate_minibatch(self, prompts):
         policy = self.module
-        self.module = _ContinuousBatchModule(policy)
+        self.module = _RolloutModule(policy, self.continuous_batching)
         try:
             return super()._generate_minibatch(prompts)
         finally:
             self.module = policy
 
 
-def continuous_batching_rollout(rollout, world_size: int):
-    """`rollout` as a ContinuousBatchHFRollout when it is verl's HF rollout on one rank; otherwise unchanged."""
-    if type(rollout) is HFRollout and world_size == 1:
-        return ContinuousBatchHFRollout(module=rollout.module, config=rollout.config)
+def grace_rollout(rollout, world_size: int):
+    """verl's HF rollout as a GraceHFRollout (continuous batching on one rank); any other rollout unchanged."""
+    if type(rollout) is HFRollout:
+        return GraceHFRollout(module=rollout.module, config=rollout.config, continuous_batching=world_size == 1)
     return rollout

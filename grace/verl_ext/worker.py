@@ -8,8 +8,8 @@
   (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`) of positions, valid tokens only, whether or not
   dynamic batching is on.
 - the actors: verl's, computing only the positions their log-probs read (`grace.verl_ext.actor`).
-- the rollout: verl's HF rollout on one rank generates with GRACE's continuous-batching generator
-  (`grace.verl_ext.rollout`); vLLM and multi-rank HF rollouts are verl's own.
+- the rollout: verl's HF rollout generates at the right positions with verl's sampling options alone, with GRACE's
+  continuous-batching generator on one rank (`grace.verl_ext.rollout`); the vLLM rollout is verl's own.
 - `update_actor`: verl's update, plus the whole batch's means of the reward components (`grace/*`, which the
   `hidden` reward manager put in the batch's meta_info) in the step metrics, which verl 0.4.1 otherwise never logs.
 """
@@ -29,7 +29,7 @@ from verl.workers.rollout import HFRollout
 from verl.workers.sharding_manager.base import BaseShardingManager
 
 from grace.embedding import embed_sequences
-from grace.verl_ext.rollout import continuous_batching_rollout
+from grace.verl_ext.rollout import grace_rollout
 
 REWARD_METRIC_PREFIX = "grace/"
 BATCH_METRICS_KEY = "grace_batch_metrics"  # meta_info: the reward manager's means over the whole batch
@@ -109,7 +109,7 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
 
     def _build_rollout(self, trust_remote_code=False):
         rollout, sharding_manager = super()._build_rollout(trust_remote_code)
-        return continuous_batching_rollout(rollout, self.world_size), sharding_manager
+        return grace_rollout(rollout, self.world_size), sharding_manager
 
     @contextlib.contextmanager
     def _one_sample_per_prompt(self, temperature: float):
