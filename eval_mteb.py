@@ -6,7 +6,7 @@
 
 Writes the mteb results folder (OUTPUT_DIR/mteb), summary.json and summary.md (main scores, the seven category
 averages, two overall averages with their rule, per-task wall time). Rationales are cached in OUTPUT_DIR (or
---rationale_cache), keyed by model, text and generation settings.
+--rationale_cache), keyed by model, text, generation settings, backend, dtype and device.
 """
 
 import argparse
@@ -73,7 +73,7 @@ def load_encoder(args):
         encoder.model = AutoModelForCausalLM.from_pretrained(args.forward_model_path, torch_dtype=encoder.model.dtype,
                                                              trust_remote_code=True).to(encoder.model.device).eval()
     cache_path = args.rationale_cache or args.output_dir / "rationales.sqlite"
-    encoder.rationale_cache = RationaleCache(cache_path, encoder_namespace(args.model_path, settings))
+    encoder.rationale_cache = RationaleCache(cache_path, encoder_namespace(args.model_path, encoder))
     return encoder
 
 

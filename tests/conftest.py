@@ -56,6 +56,12 @@ def tiny_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chaotic_model_path(tmp_path_factory):
+    """The tiny model's folder with larger random weights (see `chaotic_model`), for end-to-end runs."""
+    return build_tiny_model(tmp_path_factory.mktemp("chaotic_model"), initializer_range=0.3)
+
+
+@pytest.fixture(scope="session")
 def chaotic_model(tiny_model_path):
     """The tiny Qwen2 with larger random weights: its greedy continuations change with every token of context
     (the default initialisation repeats one token), so a wrong position or mask shows in the output."""

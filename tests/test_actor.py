@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from grace.verl_ext.actor import ResponseLogitsActor, without_shared_left_padding
 
 PROMPT_WIDTH, RESPONSE_WIDTH = 12, 6
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -109,3 +113,43 @@ def test_shared_left_padding_is_dropped_and_nothing_else():
     assert batch["input_ids"].shape == (2, 5)  # the caller's batch is untouched
     unpadded = {**batch, "attention_mask": torch.ones(2, 5, dtype=torch.long)}
     assert without_shared_left_padding(unpadded) is unpadded
+
+
+def gpu_recipe_actor_config():
+    """The actor config of train.sh (the GPU recipe), as verl's worker hands it to its actor: Hydra's composition
+    printed by `train.sh --cfg job`, with the model's remove-padding and fused-kernel flags copied in (verl's
+    ActorRolloutRefWorker.init_model does so)."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "train.sh"), "--cfg", "job"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120, check=True)
+    recipe = OmegaConf.create(done.stdout[done.stdout.index("data:"):])
+    actor = recipe.actor_rollout_ref.actor
+    actor.use_remove_padding = recipe.actor_rollout_ref.model.use_remove_padding
+    actor.use_fused_kernels = recipe.actor_rollout_ref.model.get("use_fused_kernels", False)
+    return actor
+
+
+@pytest.mark.parametrize("variant", ["train.sh", "fused kernels", "Ulysses"])
+def test_the_gpu_recipe_reaches_verls_forward_unchanged(variant, single_process_group, monkeypatch):
+    """Remove-padding (train.sh), fused kernels and sequence parallelism are verl's paths: GRACE's actor hands the
+    micro-batch to verl's forward as it came, with no hook on the module."""
+    from verl.workers.actor import DataParallelPPOActor
+
+    config = gpu_recipe_actor_config()
+    assert config.use_remove_padding is True  # what train.sh sets
+    if variant == "fused kernels":
+        config.use_remove_padding, config.use_fused_kernels = False, True
+    if variant == "Ulysses":
+        config.use_remove_padding, config.ulysses_sequence_parallel_size = False, 2
+    calls = []
+
+    def verls_forward(self, micro_batch, temperature, calculate_entropy=False):
+        calls.append((micro_batch, temperature, calculate_entropy, len(self.actor_module._forward_pre_hooks)))
+        return "verl's output"
+
+    monkeypatch.setattr(DataParallelPPOActor, "_forward_micro_batch", verls_forward)
+    batch = left_padded_batch(100, prompt_lengths=[5, 8, 3], response_lengths=[6, 2, 4])
+    actor = ResponseLogitsActor(config=config, actor_module=torch.nn.Linear(2, 2))
+    assert actor._forward_micro_batch(batch, 0.7, calculate_entropy=True) == "verl's output"
+    assert len(calls) == 1 and calls[0][0] is batch and calls[0][1:] == (0.7, True, 0)
+    assert all(batch[key].shape[1] == PROMPT_WIDTH + RESPONSE_WIDTH for key in ("input_ids", "position_ids"))

@@ -105,6 +105,14 @@ def test_sampled_group_takes_the_loss_over_the_sampled_classes_only():
         objective.grpo_rm_loss(log_probs, log_probs.detach(), torch.zeros(3, 6), group=group)
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a CPU generator with CUDA probabilities")
+def test_sampled_group_draws_with_the_loops_cpu_generator_from_cuda_probabilities():
+    probs = torch.softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(1)), -1)
+    on_cpu = objective.sample_group(probs, 4, torch.Generator().manual_seed(0))
+    on_cuda = objective.sample_group(probs.cuda(), 4, torch.Generator().manual_seed(0))
+    assert on_cuda.device.type == "cuda" and torch.equal(on_cuda.cpu(), on_cpu)  # the same seed, the same groups
+
 # ---- uniformity rewards ------------------------------------------------------------------------------------------
 
 def test_prob_uniformity_gives_the_more_probable_wrong_class_the_lower_advantage():

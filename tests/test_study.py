@@ -160,6 +160,19 @@ def test_rationale_diversity_by_hand():
         rationale_diversity([])
 
 
+def test_rationales_are_cached_apart_for_each_backend_dtype_and_device(tiny_model_path):
+    settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=4))
+    encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", settings=settings)
+    namespace = encoder_namespace(tiny_model_path, encoder)
+    assert encoder_namespace(tiny_model_path, encoder) == namespace  # a re-run finds its rationales
+    others = [GraceEncoder.from_pretrained(tiny_model_path, backend="hf", settings=settings, dtype=torch.bfloat16),
+              GraceEncoder(encoder.model, encoder.tokenizer, settings, generator=object())]  # another backend
+    meta = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", settings=settings)
+    meta.model.to("meta")  # another device type (no GPU here)
+    others.append(meta)
+    assert len({namespace} | {encoder_namespace(tiny_model_path, other) for other in others}) == 4
+
+
 def test_diversity_cli_reads_the_studys_cached_rationales(tiny_model_path, tmp_path, capsys):
     # Rationales planted in the cache under the namespace the evaluation uses: the CLI generates none and measures
     # exactly these (all texts but one get the same rationale).
@@ -167,7 +180,8 @@ def test_diversity_cli_reads_the_studys_cached_rationales(tiny_model_path, tmp_p
     settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=4))
     texts = HeldOutEvaluation(3, 2).texts()
     planted = {text: [11, 12, 13] for text in texts[1:]} | {texts[0]: [9, 9, 9, 9, 9, 9, 9]}
-    RationaleCache(cache, encoder_namespace(tiny_model_path, settings)).put_many(planted)
+    encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", settings=settings)  # as the CLI loads it
+    RationaleCache(cache, encoder_namespace(tiny_model_path, encoder)).put_many(planted)
     record = tmp_path / "result.json"
     record.write_text(json.dumps({"kind": "base"}))
     assert diversity_main([str(tiny_model_path), "--retrieval_queries", "3", "--lee_documents", "2",

@@ -129,15 +129,16 @@ def test_reference_train_sh_overrides_are_accepted(script, mode):
     assert f"data/{mode}_filtered_overlong/train.parquet" in done.stdout
 
 
-def test_two_ranks_give_the_rewards_of_one(tiny_model_path, tmp_path):
+def test_two_ranks_give_the_rollouts_and_rewards_of_one(chaotic_model_path, tmp_path):
     """verl's real data flow over 2 FSDP2 ranks (gloo): with greedy rollouts and rationales every reward is a function
-    of the prompts, so one step at 1 and at 2 ranks scores every row the same, and the logged grace/total is the
-    whole batch's mean (verl's score mean), not one rank's."""
+    of the prompts, so one step at 1 rank (continuous batching) and at 2 ranks (`model.generate` on each) gives every
+    row the same response and score, and the logged grace/total is the whole batch's mean (verl's score mean), not
+    one rank's. The model's outputs depend on every position, so frozen positions at 2 ranks would show."""
     data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8)
     scores = {}
     for ranks in (1, 2):
         out = tmp_path / f"ranks_{ranks}"
-        run_grace(compose_config(tiny_overrides(data, tiny_model_path, out, steps=1) + GRACE_OVERRIDES + [
+        run_grace(compose_config(tiny_overrides(data, chaotic_model_path, out, steps=1) + GRACE_OVERRIDES + [
             "+data.train_mode=supervised", f"trainer.n_gpus_per_node={ranks}", "trainer.save_freq=-1",
             f"ray_init.num_cpus={ranks + 1}",  # Ray's logical CPUs: the task runner and one per rank
             "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.do_sample=False",
@@ -148,5 +149,6 @@ def test_two_ranks_give_the_rewards_of_one(tiny_model_path, tmp_path):
         assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
         with open(out / "rollouts/1.jsonl", encoding="utf-8") as f:
             scores[ranks] = sorted((row["input"], row["output"], row["score"]) for row in map(json.loads, f))
+    assert len({row[1] for row in scores[1]}) == 4  # each prompt its own response: the model sees its context
     assert [row[:2] for row in scores[1]] == [row[:2] for row in scores[2]] and len(scores[1]) == 4
     assert [row[2] for row in scores[2]] == pytest.approx([row[2] for row in scores[1]], abs=1e-4)

@@ -20,8 +20,10 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a tokenizer, a random Qwen2 model and its generation config into `folder`; return it."""
+def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Write a tokenizer, a random Qwen2 model and its generation config into `folder`; return it. With the default
+    initialisation the model repeats one token whatever its context; with `initializer_range` 0.3 its greedy
+    continuations change with every token and position (for tests that must see a wrong position or mask)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -57,6 +59,7 @@ def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        initializer_range=initializer_range,
     )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)

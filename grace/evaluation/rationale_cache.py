@@ -2,7 +2,8 @@
 
 One SQLite file; a row per (namespace, text) holds the generated token ids. The namespace is a hash of what
 determines a rationale besides the text: the model (its path and the size and modification time of its weight
-files, or its hub id), the generation settings, the system prompt and the input length.
+files, or its hub id), the generation settings, the system prompt and the input length, and what computes it (torch,
+the generation backend, dtype and device type).
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ def namespace_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def encoder_namespace(model_path, settings) -> str:
-    """The namespace of an encoder's rationales: its model and what shapes a rationale (not the pooling span)."""
+def encoder_namespace(model_path, encoder) -> str:
+    """The namespace of a GraceEncoder's rationales: its model, what shapes a rationale (not the pooling span) and what
+    computes it: torch's version, the generation backend, the model's dtype and device type (each rounds differently,
+    and a greedy rationale follows the rounding: a study resumed on another device must not reuse them)."""
     import torch
 
+    settings = encoder.settings
     return namespace_of(model_fingerprint(model_path), settings.system_prompt, settings.max_input_length,
-                        settings.generation, torch.__version__)
+                        settings.generation, torch.__version__, type(encoder.generator).__name__,
+                        str(encoder.model.dtype), encoder.model.device.type)
 
 
 class RationaleCache:

@@ -79,10 +79,15 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def sample_group(old_probs: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`size` class indices per input drawn from pi_old with replacement (B, G): the sampled-group option."""
+    """`size` class indices per input drawn from pi_old with replacement (B, G): the sampled-group option.
+
+    The draw is made where `generator` lives (the loop's is a CPU one) and returned on the input's device: torch
+    refuses a CPU generator for a CUDA tensor, and the same seed then gives the same groups on every device."""
     if size < 2:
         raise ValueError(f"a sampled group needs at least 2 members, got {size}")
-    return torch.multinomial(old_probs.detach().to(torch.float32), size, replacement=True, generator=generator)
+    draw_on = generator.device if generator is not None else old_probs.device
+    probs = old_probs.detach().to(draw_on, torch.float32)
+    return torch.multinomial(probs, size, replacement=True, generator=generator).to(old_probs.device)
 
 
 def grpo_rm_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,

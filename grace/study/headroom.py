@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     encoder = GraceEncoder.from_pretrained(args.model, backend="hf", device="cpu", settings=settings)
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.rationale_cache = RationaleCache(args.rationale_cache or args.out / "rationales.sqlite",
-                                             encoder_namespace(args.model, settings))
+                                             encoder_namespace(args.model, encoder))
     rollout = GenerationSettings(max_new_tokens=args.rationale_length, do_sample=True, temperature=args.temperature,
                                  seed=args.seed)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ def load_encoder(model: Path, args: argparse.Namespace):
     settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=args.rationale_length))
     encoder = GraceEncoder.from_pretrained(model, backend="hf", settings=settings)
     if args.rationale_cache is not None:
-        encoder.rationale_cache = RationaleCache(args.rationale_cache, encoder_namespace(model, settings))
+        encoder.rationale_cache = RationaleCache(args.rationale_cache, encoder_namespace(model, encoder))
     return encoder
 
 

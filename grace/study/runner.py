@@ -121,7 +121,7 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
     settings = EncoderSettings(pooling_span=arm.pooling_span,
                                generation=GenerationSettings(max_new_tokens=config.evaluation.rationale_length))
     encoder = GraceEncoder.from_pretrained(model_path, backend="hf", device=device(), settings=settings)
-    encoder.rationale_cache = RationaleCache(cache, encoder_namespace(model_path, settings))
+    encoder.rationale_cache = RationaleCache(cache, encoder_namespace(model_path, encoder))
     batch = config.evaluation.batch_size
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
                                                              show_progress_bar=True))
