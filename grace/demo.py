@@ -36,19 +36,18 @@ Simplifications against the reference recipe, made to fit a CPU (each a flag):
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from grace.study.config import ArmConfig, EvaluationConfig, StudyConfig
 from grace.study.stats import linear_trend, trend_verdict
+from grace.training_run import (DataConfig, TrainingSettings, add_flags, compute_dtype, device, read_metrics,
+                                settings_from, validation_curve)
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["total", "positive", "negative", "clustering", "cross_group"]
-VALIDATION_PREFIX = "val-core/"  # verl: val-core/<data source>/reward/mean@1
 TRAINED_ARM = "grace"
 # name: (what it is, flag defaults over the parser's). The parser's own defaults are the settings of the first
 # study (studies/first.yaml), which did not learn; the presets use the setting the search found to learn
@@ -77,127 +76,6 @@ class StageTimer:
         if self.current is not None:
             self.seconds[self.current] = time.perf_counter() - self.started
             self.current = None
-
-
-def run(command: list[str], log_name: str, out: Path, env: dict | None = None, on_line=None) -> None:
-    """Run one stage's command, echo its output live and keep it in OUT/logs; stop on failure. `on_line` is
-    called after every output line (the training progress uses it)."""
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    log_path = out / "logs" / f"{log_name}.log"
-    print("$ " + " ".join(command), flush=True)
-    with open(log_path, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, **(env or {})})
-        for line in process.stdout:
-            log.write(line)
-            if _worth_showing(line):
-                print("    " + line.rstrip()[:200], flush=True)
-            if on_line is not None:
-                on_line()
-        if on_line is not None:  # what was written after the last output line (verl's final step record)
-            on_line()
-        if process.wait() != 0:
-            raise SystemExit(f"stage {log_name!r} failed (exit {process.returncode}); full log: {log_path}")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """verl's step metrics from a `+trainer.metrics_file`, one record per step (a step logged again after a
-    resume replaces the earlier record)."""
-    by_step: dict[int, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            by_step[record["step"]] = {**by_step.get(record["step"], {}), **record}
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def validation_reward(record: dict) -> float | None:
-    """The mean validation reward of a metrics record, when that step ran validation."""
-    values = [v for k, v in record.items() if k.startswith(VALIDATION_PREFIX) and "/reward/mean@" in k]
-    return sum(values) / len(values) if values else None
-
-
-def validation_curve(metrics: list[dict]) -> tuple[list[int], list[float]]:
-    points = [(m["step"], validation_reward(m)) for m in metrics if validation_reward(m) is not None]
-    return [step for step, _ in points], [value for _, value in points]
-
-
-class StepProgress:
-    """Prints one line per training step from the metrics file as verl writes it."""
-
-    def __init__(self, metrics_path: Path, total_steps: int, label: str = "train"):
-        self.path, self.total, self.label, self.shown = metrics_path, total_steps, label, set()
-        self.size_read = -1
-
-    def __call__(self) -> None:
-        # Called on every output line of training: the file is parsed only when it has grown.
-        size = self.path.stat().st_size if self.path.exists() else -1
-        if size == self.size_read:
-            return
-        self.size_read = size
-        metrics = read_metrics(self.path)
-        seconds = [m["timing_s/step"] for m in metrics if "timing_s/step" in m]
-        for record in metrics:
-            if record["step"] in self.shown:
-                continue
-            self.shown.add(record["step"])
-            print("    " + step_line(record, self.total, seconds, self.label), flush=True)
-
-
-def step_line(record: dict, total_steps: int, step_seconds: list[float], label: str = "train") -> str:
-    parts = [f"[{label}] step {record['step']}/{total_steps}"]
-    if "grace/total" in record:
-        parts.append(f"reward {record['grace/total']:+.3f} (positive {record.get('grace/positive', float('nan')):+.3f})")
-    if "grace/group_reward_std" in record:
-        parts.append(f"group std {record['grace/group_reward_std']:.3f}, "
-                     f"flat groups {100 * record.get('grace/group_all_equal', float('nan')):.0f}%")
-    if "actor/entropy" in record:
-        parts.append(f"entropy {record['actor/entropy']:.2f}")
-    if validation_reward(record) is not None:
-        parts.append(f"validation reward {validation_reward(record):+.3f}")
-    if "timing_s/step" in record:
-        mean = sum(step_seconds) / len(step_seconds)
-        parts.append(f"{record['timing_s/step']:.0f} s/step, ~{mean * (total_steps - record['step']) / 60:.0f} min left")
-    return " | ".join(parts)
-
-
-def _worth_showing(line: str) -> bool:
-    """Step numbers, progress bars and results; not the thousands of lines of config and Ray chatter."""
-    keys = ("step:", "Training Progress", "wrote ", "kept ", "merged ", "[1/", "[2/", "[3/", " = ", "error",
-            "Error", "generating rationales", "embedding:")
-    return any(k in line for k in keys) and "WARNING" not in line
-
-
-def train_overrides(args, data: Path, model: Path, out: Path) -> list[str]:
-    mini_batch = max(1, args.prompts // 2)  # two optimizer steps per training step
-    return [
-        "algorithm.adv_estimator=grpo", f"algorithm.norm_adv_by_std_in_grpo={args.norm_adv_by_std}",
-        f"data.train_files={data}/train.parquet", f"data.val_files={data}/test.parquet",
-        f"data.train_batch_size={args.prompts}", f"data.max_prompt_length={args.max_prompt}",
-        f"data.max_response_length={args.response_length}", "data.filter_overlong_prompts=False",
-        "data.truncation=error", "+data.train_mode=supervised", "+data.seed=0",
-        f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.use_remove_padding=False",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "actor_rollout_ref.actor.strategy=fsdp2", f"actor_rollout_ref.actor.optim.lr={args.lr}",
-        "actor_rollout_ref.actor.use_kl_loss=False", "actor_rollout_ref.actor.entropy_coeff=0",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={mini_batch * args.rollouts}",
-        "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",
-        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        f"actor_rollout_ref.rollout.n={args.rollouts}", f"actor_rollout_ref.rollout.temperature={args.temperature}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.prompts * args.rollouts}",
-        "reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1",
-        f"+reward_model.reward_kwargs.variant={args.variant}",
-        f"+reward_model.reward_kwargs.pooling_span={args.pooling_span}",
-        "+reward_model.reward_kwargs.enable_length_penalty=False",
-        "trainer.logger=['console']", f"trainer.n_gpus_per_node={args.n_gpus}", "trainer.nnodes=1",
-        f"trainer.total_training_steps={args.steps}", f"trainer.save_freq={args.save_every or args.steps}",
-        "trainer.max_actor_ckpt_to_keep=1", f"trainer.test_freq={args.val_every if args.val_every > 0 else -1}",
-        f"trainer.val_before_train={args.val_every > 0}", f"trainer.default_local_dir={out}/checkpoints",
-        f"+trainer.cpu_dtype={args.cpu_dtype}",
-        f"+trainer.metrics_file={out}/metrics.jsonl", "trainer.project_name=GRACE", "trainer.experiment_name=demo",
-        "ray_init.num_cpus=2" if args.device == "cpu" else "ray_init.num_cpus=null",
-    ]
 
 
 def plot_rewards(metrics: list[dict], slope: float, path: Path) -> None:
@@ -348,6 +226,8 @@ def validation_section(metrics: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The demo's flags: its own (output, preset, model, evaluation) and every training and data setting of a
+    GRACE arm (`grace.training_run`), whose defaults are the first study's; a preset changes some of them."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
@@ -355,37 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                             for name, (text, _) in PRESETS.items())
                              + " (flags given explicitly win)")
     parser.add_argument("--model", default=None, help="policy (default: packaged SmolLM2-135M-Instruct)")
-    parser.add_argument("--steps", type=int, default=16, help="GRPO training steps")
-    parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
-    parser.add_argument("--rollouts", type=int, default=4, help="rollouts per prompt")
-    parser.add_argument("--response_length", type=int, default=48, help="max rationale tokens in training")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the training rollouts")
-    parser.add_argument("--lr", type=float, default=2e-5, help="actor learning rate")
-    parser.add_argument("--norm_adv_by_std", type=lambda s: s.lower() == "true", default=True,
-                        help="divide GRPO advantages by the group std (true/false)")
-    parser.add_argument("--variant", default="reference", choices=["reference", "infonce"], help="reward variant")
-    parser.add_argument("--pooling_span", default="prompt+response", choices=["prompt+response", "response"],
-                        help="tokens pooled into an embedding, in the reward and the evaluation")
-    parser.add_argument("--train_triples", type=int, default=600, help="training triples to prepare")
-    parser.add_argument("--max_chars", type=int, default=300, help="cut documents to their first sentences")
-    parser.add_argument("--max_prompt", type=int, default=192, help="max prompt tokens (filter and training)")
-    parser.add_argument("--val_every", type=int, default=4,
-                        help="validation reward on the fixed validation prompts every N steps and before training "
-                             "(0: off)")
-    parser.add_argument("--val_size", type=int, default=16, help="fixed validation prompts (held out of training)")
-    parser.add_argument("--save_every", type=int, default=0, help="checkpoint every N steps (0: at the end only)")
-    parser.add_argument("--cpu_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="compute dtype of CPU training; auto: bfloat16 only where the CPU runs it natively")
+    add_flags(parser, TrainingSettings)
+    add_flags(parser, DataConfig)
     parser.add_argument("--eval_size", type=int, default=100, help="documents / queries per local task")
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens in evaluation")
-    parser.add_argument("--n_gpus", type=int, default=1, help="GPUs (or CPU placeholder ranks) for training")
     return parser
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    """The demo's flags over the defaults of the chosen preset; the device is the study runner's (a GPU if any)."""
-    from grace.study.runner import device
-
+    """The demo's flags over the defaults of the chosen preset; the device is a GPU if there is one."""
     parser = build_parser()
     preset = parser.parse_known_args(argv)[0].preset
     parser.set_defaults(**PRESETS[preset][1])
@@ -394,69 +252,20 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return args
 
 
-def compute_dtype(args) -> str:
-    """The dtype training runs in: on a CPU the one `--cpu_dtype` resolves to here; on GPUs verl's bf16."""
-    if args.device != "cpu":
-        return "bfloat16 (verl's GPU mixed precision)"
-    from grace.verl_ext.cpu_compat import resolve_cpu_dtype
-
-    return resolve_cpu_dtype(args.cpu_dtype) + ("" if args.cpu_dtype != "auto" else " (auto: this CPU's fast dtype)")
-
-
-def prepare_data(args, out: Path, model: Path) -> Path:
-    """Demo triples from the packaged Wikipedia, then the reference's process and filter commands; returns the
-    folder of the filtered train/test parquet files. The test split (the fixed validation prompts) holds
-    `args.val_size` triples before the length filter."""
-    python = sys.executable
-    raw, data = out / "raw", out / "data"
-    run([python, "-m", "grace.data.demo", "--out", str(raw), "--max_triples", str(args.train_triples),
-         "--max_sentences", "100", "--max_chars", str(args.max_chars)], "demo_data", out)
-    test_ratio = (args.val_size + 0.5) / args.train_triples  # process_data keeps int(rows * ratio) for test
-    run([python, "process_data.py", "--mode", "supervised", "--input_file", str(raw / "echo_demo.jsonl"),
-         "--local_dir", str(data / "supervised"), "--test_ratio", f"{test_ratio:.6f}"], "process_data", out)
-    run([python, "offline_filter_data.py", "--train_parquet", str(data / "supervised/train.parquet"),
-         "--val_parquet", str(data / "supervised/test.parquet"), "--out_dir", str(data / "filtered"),
-         "--tokenizer_path", str(model), "--max_len", str(args.max_prompt)], "filter_data", out)
-    return data / "filtered"
-
-
-def train(args, data: Path, model: Path, out: Path, label: str = "train") -> list[dict]:
-    """`python -m grace.train` with the demo's overrides (resuming from OUT/checkpoints when present); returns the
-    step metrics."""
-    metrics_path = out / "metrics.jsonl"
-    run([sys.executable, "-m", "grace.train", *train_overrides(args, data, model, out)], "train", out,
-        env={"WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"},
-        on_line=StepProgress(metrics_path, args.steps, label))
-    return read_metrics(metrics_path)
-
-
-def merge(out: Path, model: Path) -> Path:
-    """The latest checkpoint under OUT/checkpoints as a Hugging Face folder OUT/trained_model."""
-    trained = out / "trained_model"
-    run([sys.executable, "scripts/merge_model.py", "merge", "--backend", "fsdp", "--local_dir", str(out / "checkpoints"),
-         "--target_dir", str(trained), "--hf_model_path", str(model)], "merge", out)
-    return trained
-
-
-def demo_study(args, model: Path):
+def demo_study(args, model: Path) -> StudyConfig:
     """The demo as a study: the base model without and with a rationale, and GRACE trained with the demo's flags,
     scored on the same held-out items (`grace.study`), so that its results.json has the study's schema."""
-    from grace.study.config import STUDY_OWNED_DEMO_FLAGS, ArmConfig, DataConfig, EvaluationConfig, StudyConfig
-
-    training = {key: value for key, value in vars(args).items()
-                if key not in STUDY_OWNED_DEMO_FLAGS and key != "compute_dtype"}
+    training = dataclasses.asdict(settings_from(args, TrainingSettings))
+    pooling_span = training.pop("pooling_span")  # an arm's, in the study: its evaluation pools the same way
     return StudyConfig(
-        name="demo", model=str(model), compare_to="base_rationale",
-        data=DataConfig(args.train_triples, args.max_chars, args.max_prompt, args.val_size),
+        name="demo", model=str(model), compare_to="base_rationale", data=settings_from(args, DataConfig),
         evaluation=EvaluationConfig(retrieval_queries=args.eval_size, rationale_length=args.rationale_length),
         arms=[ArmConfig("base_prompt_only", "base", rationale=False),
-              ArmConfig("base_rationale", "base", pooling_span=args.pooling_span),
-              ArmConfig(TRAINED_ARM, "grace", pooling_span=args.pooling_span, settings=training)])
+              ArmConfig("base_rationale", "base", pooling_span=pooling_span),
+              ArmConfig(TRAINED_ARM, "grace", pooling_span=pooling_span, settings=training)])
 
 
 def main(argv=None) -> int:
-    import dataclasses
-
     import yaml
 
     from grace.study.runner import run_study
@@ -466,7 +275,7 @@ def main(argv=None) -> int:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty; remove it or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
-    args.compute_dtype = compute_dtype(args)
+    args.compute_dtype = compute_dtype(settings_from(args, TrainingSettings), args.device)
     print(f"preset: {args.preset}; compute dtype: {args.compute_dtype}", flush=True)
     timer = StageTimer(total=3)
     timer.start("model")

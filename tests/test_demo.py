@@ -2,12 +2,11 @@
 
 import json
 
-import pandas as pd
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.data.assets import smollm2_hf_folder
-from grace.demo import build_parser, parse_arguments, prepare_data, step_line, validation_curve
+from grace.demo import parse_arguments
 from grace.demo import main as demo_main
 from grace.prompts import chat_prompt_ids
 from grace.verl_ext.cpu_compat import resolve_cpu_dtype
@@ -59,28 +58,6 @@ def test_presets_set_defaults_and_explicit_flags_win():
     assert parse_arguments(["--preset", "full", "--steps", "7"]).steps == 7
     with pytest.raises(SystemExit):
         parse_arguments(["--preset", "nope"])
-
-
-def test_step_line_and_validation_curve():
-    records = [{"step": 0, "val-core/supervised/reward/mean@1": 1.5},
-               {"step": 1, "grace/total": 2.0, "grace/positive": 0.5, "grace/group_reward_std": 0.25,
-                "grace/group_all_equal": 0.5, "actor/entropy": 3.0, "timing_s/step": 60.0},
-               {"step": 2, "grace/total": 2.5, "timing_s/step": 120.0, "val-core/supervised/reward/mean@1": 1.75}]
-    assert validation_curve(records) == ([0, 2], [1.5, 1.75])
-    line = step_line(records[1], total_steps=4, step_seconds=[60.0, 120.0])
-    assert line == ("[train] step 1/4 | reward +2.000 (positive +0.500) | group std 0.250, flat groups 50% | "
-                    "entropy 3.00 | 60 s/step, ~4 min left")
-    assert "validation reward +1.750" in step_line(records[2], 4, [60.0, 120.0])
-
-
-def test_validation_prompts_are_fixed(tiny_model_path, tmp_path):
-    """Two preparations give the same validation prompts, held out of the training split."""
-    args = build_parser().parse_args(["--train_triples", "30", "--val_size", "5", "--max_prompt", "320"])
-    first, second = (prepare_data(args, tmp_path / name, tiny_model_path) for name in ("a", "b"))
-    validation = pd.read_parquet(first / "test.parquet")
-    assert len(validation) == 5 and validation.equals(pd.read_parquet(second / "test.parquet"))
-    train_texts = {row["instruction"] for row in pd.read_parquet(first / "train.parquet")["multi_input"]}
-    assert not train_texts & {row["instruction"] for row in validation["multi_input"]}
 
 
 def test_packaged_smollm2_converts_to_a_working_chat_model(tmp_path):

@@ -8,13 +8,13 @@
       - {name: base_prompt_only, kind: base, rationale: false}
       - {name: base_rationale, kind: base}
       - {name: contrastive, kind: contrastive, rationale: false, settings: {examples: 64, epochs: 4}}
-      - {name: grace_demo, kind: grace, settings: {}}    # settings: flags of `python -m grace.demo`
+      - {name: grace_demo, kind: grace, settings: {}}    # settings: fields of grace.training_run.TrainingSettings
       - {name: base_rationale_response, kind: base, pooling_span: response}
       - {name: grace_response, kind: grace, pooling_span: response, compare_to: [base_rationale_response]}
 
 Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`; settings: examples, epochs, lr,
-batch_size) and `grace` (verl GRPO with the `hidden` reward through the demo's recipe; settings: the demo's
-training flags, such as steps, lr, prompts, rollouts, response_length, variant, val_every). Data, evaluation and
+batch_size) and `grace` (verl GRPO with the `hidden` reward, `grace.training_run`; settings: the fields of its
+`TrainingSettings`, such as steps, lr, prompts, rollouts, response_length, variant, val_every). Data, evaluation and
 the pooling span are the study's, shared by all arms. An unknown key anywhere is an error that names it.
 """
 
@@ -27,13 +27,12 @@ from pathlib import Path
 import yaml
 
 from grace.pooling import POOLING_SPANS
+from grace.training_run import DataConfig, TrainingSettings
 
 ARM_KINDS = ("base", "contrastive", "grace")
 CONTRASTIVE_SETTINGS = {"examples", "epochs", "lr", "batch_size"}
-# The demo's flags that are not an arm's training settings: the study decides them for every arm (shared data,
-# evaluation, output, device), and a preset only chooses defaults of the others.
-STUDY_OWNED_DEMO_FLAGS = {"out", "model", "train_triples", "max_chars", "max_prompt", "val_size", "eval_size",
-                          "rationale_length", "pooling_span", "device", "preset"}
+# A GRACE arm sets its training; the pooling span is the arm's own key (its evaluation pools the same way).
+GRACE_SETTINGS = {f.name for f in dataclasses.fields(TrainingSettings)} - {"pooling_span"}
 
 
 @dataclass
@@ -48,14 +47,6 @@ class ArmConfig:
     def references(self) -> list[str]:
         """The arms this one is compared with besides the study's `compare_to`."""
         return [self.compare_to] if isinstance(self.compare_to, str) else list(self.compare_to or [])
-
-
-@dataclass
-class DataConfig:
-    train_triples: int = 600
-    max_chars: int = 300
-    max_prompt: int = 192
-    val_size: int = 16
 
 
 @dataclass
@@ -93,7 +84,7 @@ def _build(cls, values, where: str):
     return cls(**values)
 
 
-def validate_arm(arm: ArmConfig, demo_flags: set[str]) -> None:
+def validate_arm(arm: ArmConfig) -> None:
     where = f"arm {arm.name!r}"
     if arm.kind not in ARM_KINDS:
         raise ValueError(f"{where}: kind must be one of {ARM_KINDS}, got {arm.kind!r}")
@@ -101,7 +92,7 @@ def validate_arm(arm: ArmConfig, demo_flags: set[str]) -> None:
         raise ValueError(f"{where}: pooling_span must be one of {POOLING_SPANS}, got {arm.pooling_span!r}")
     if arm.pooling_span == "response" and not arm.rationale:
         raise ValueError(f"{where}: pooling_span 'response' pools the rationale alone and needs rationale: true")
-    allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": demo_flags - STUDY_OWNED_DEMO_FLAGS}
+    allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": GRACE_SETTINGS}
     unknown = sorted(set(arm.settings) - allowed[arm.kind])
     if unknown:
         raise ValueError(f"{where}: settings {unknown} do not apply to a {arm.kind} arm; allowed: "
@@ -109,8 +100,6 @@ def validate_arm(arm: ArmConfig, demo_flags: set[str]) -> None:
 
 
 def load_config(path: Path) -> StudyConfig:
-    from grace.demo import build_parser
-
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     if not isinstance(raw, dict) or "arms" not in raw or "name" not in raw:
         raise ValueError(f"{path}: a study needs `name` and `arms`")
@@ -122,9 +111,8 @@ def load_config(path: Path) -> StudyConfig:
     names = [arm.name for arm in config.arms]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"{path}: arm names must be present and unique, got {names}")
-    demo_flags = {action.dest for action in build_parser()._actions if action.dest != "help"}
     for arm in config.arms:
-        validate_arm(arm, demo_flags)
+        validate_arm(arm)
     if config.compare_to not in names:
         raise ValueError(f"{path}: compare_to={config.compare_to!r} is not an arm ({names})")
     for arm in config.arms:

@@ -3,7 +3,7 @@ bootstrap intervals.
 
 Layout of OUT/<name>/ (OUT defaults to study_out):
     config.yaml                the study's configuration, as run
-    data/                      the shared training data (the demo's preparation)
+    data/                      the shared training data (`grace.training_run.prepare_data`)
     rationales.sqlite          rationales of every evaluation, keyed by model and generation settings
     arms/<arm>/                training output (checkpoints, metrics.jsonl, logs, trained_model/) and
                                result.json + units.npz once the arm is evaluated
@@ -17,76 +17,55 @@ as it finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from grace import training_run
 from grace.study.archive import archive_finished_arms, restore_arms
 from grace.study.config import StudyConfig
 from grace.study.heldout import STATISTICS, HeldOutEvaluation
 from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap
+from grace.training_run import TrainingSettings
 
 GRACE_SAVE_EVERY = 4  # checkpoint interval of GRACE arms, so that an interrupted arm loses at most this many steps
 
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def demo_defaults_with_study_data(config: StudyConfig):
-    """The demo's default flags with the study's shared data settings."""
-    from grace.demo import build_parser
-
-    args = build_parser().parse_args([])
-    data = config.data
-    args.train_triples, args.max_chars, args.max_prompt, args.val_size = (
-        data.train_triples, data.max_chars, data.max_prompt, data.val_size)
-    return args
-
-
-def demo_arguments(config: StudyConfig, arm, model: Path, arm_dir: Path):
-    """The demo's flags for a GRACE arm: its defaults, the arm's settings, and the study's shared values."""
-    from grace.demo import compute_dtype
-
-    args = demo_defaults_with_study_data(config)
-    for key, value in arm.settings.items():  # validated: never one of the study's own flags
-        setattr(args, key, value)
-    args.out, args.model, args.device = arm_dir, str(model), device()
-    args.rationale_length, args.pooling_span = config.evaluation.rationale_length, arm.pooling_span
-    args.save_every = args.save_every or GRACE_SAVE_EVERY
-    args.compute_dtype = compute_dtype(args)
-    return args
-
-
 def prepare_data(config: StudyConfig, model: Path, study_dir: Path) -> Path:
-    from grace.demo import prepare_data as demo_prepare_data
-
     folder = study_dir / "data" / "data" / "filtered"
     if (folder / "train.parquet").exists() and (folder / "test.parquet").exists():
         return folder
     shutil.rmtree(study_dir / "data", ignore_errors=True)
-    return demo_prepare_data(demo_defaults_with_study_data(config), study_dir / "data", model)
+    return training_run.prepare_data(config.data, study_dir / "data", model)
+
+
+def grace_settings(arm) -> TrainingSettings:
+    """A GRACE arm's training settings: the defaults, the arm's settings (validated: never the study's own), its
+    pooling span, and a checkpoint every GRACE_SAVE_EVERY steps unless it sets another interval."""
+    settings = TrainingSettings(**{**arm.settings, "pooling_span": arm.pooling_span})
+    settings.save_every = settings.save_every or GRACE_SAVE_EVERY
+    return settings
 
 
 def train_grace(config: StudyConfig, arm, model: Path, data: Path, arm_dir: Path) -> tuple[Path, dict]:
     """Train (or resume) and merge; returns the merged model and the arm's settings and training record."""
-    from grace.demo import merge, read_metrics, train, validation_curve
-
-    args = demo_arguments(config, arm, model, arm_dir)
+    settings, on_device = grace_settings(arm), training_run.device()
     trained = arm_dir / "trained_model"
     if not (trained / "config.json").exists():
-        train(args, data, model, arm_dir, label=arm.name)
-        merge(arm_dir, model)
-    metrics = read_metrics(arm_dir / "metrics.jsonl")
-    steps, values = validation_curve(metrics)
+        training_run.train(settings, config.data.max_prompt, data, model, arm_dir, on_device, label=arm.name)
+        training_run.merge(arm_dir, model)
+    metrics = training_run.read_metrics(arm_dir / "metrics.jsonl")
+    steps, values = training_run.validation_curve(metrics)
     slope, error = linear_trend(values, steps)
     training_steps = [m for m in metrics if "timing_s/step" in m]
     record = {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "model")},
+        "settings": {**dataclasses.asdict(settings), **dataclasses.asdict(config.data),
+                     "rationale_length": config.evaluation.rationale_length, "device": on_device,
+                     "compute_dtype": training_run.compute_dtype(settings, on_device)},
         "train_seconds": sum(m["timing_s/step"] for m in training_steps),
         "validation_reward": {"slope": slope, "se": error, "steps": len(steps), "at_steps": steps, "values": values},
         "training": {name: [m.get(name) for m in training_steps] for name in
@@ -120,7 +99,8 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
 
     settings = EncoderSettings(pooling_span=arm.pooling_span,
                                generation=GenerationSettings(max_new_tokens=config.evaluation.rationale_length))
-    encoder = GraceEncoder.from_pretrained(model_path, backend="hf", device=device(), settings=settings)
+    encoder = GraceEncoder.from_pretrained(model_path, backend="hf", device=training_run.device(),
+                                           settings=settings)
     encoder.rationale_cache = RationaleCache(cache, encoder_namespace(model_path, encoder))
     batch = config.evaluation.batch_size
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
