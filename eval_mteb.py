@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--languages", nargs="+", default=["eng"],
                         help="language subsets of named tasks (ISO 639-3; 'all' for every subset)")
     parser.add_argument("--output_dir", default="results", type=Path, help="where results and summaries go")
-    parser.add_argument("--batch_size", type=int, default=8, help="texts per embedding forward (the HF generator sizes its own batch by memory)")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="texts per embedding forward (the HF generator sizes its own batch by memory)")
     parser.add_argument("--input_max_length", type=int, default=1024, help="max prompt tokens per text")
     parser.add_argument("--thinking_max_length", type=int, default=4096, help="max rationale tokens")
     parser.add_argument("--vllm_tensor_parallel_size", type=int,

@@ -43,7 +43,8 @@ def main():
             "trivial per-sample reward": ["reward_model.reward_manager=naive",
                                           f"custom_reward_function.path={ROOT / 'tests/trivial_reward.py'}",
                                           "custom_reward_function.name=compute_score"],
-            "GRACE hidden reward": ["reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1"],
+            "GRACE hidden reward": ["reward_model.reward_manager=hidden",
+                                    "+reward_model.reward_kwargs.temperature=0.1"],
         }
         results = {}
         for name, extra in runs.items():

@@ -44,8 +44,16 @@ from pathlib import Path
 
 from grace.study.config import ArmConfig, EvaluationConfig, StudyConfig
 from grace.study.stats import linear_trend, trend_verdict
-from grace.training_run import (DataConfig, TrainingSettings, add_flags, compute_dtype, device, read_metrics,
-                                settings_from, validation_curve)
+from grace.training_run import (
+    DataConfig,
+    TrainingSettings,
+    add_flags,
+    compute_dtype,
+    device,
+    read_metrics,
+    settings_from,
+    validation_curve,
+)
 
 COMPONENTS = ["total", "positive", "negative", "clustering", "cross_group"]
 TRAINED_ARM = "grace"
@@ -185,7 +193,8 @@ def write_report(args, out: Path, metrics: list[dict], results: dict, examples: 
               "![validation reward](validation_reward.png)", "",
               "## Reward over the steps", "", "![reward curve](reward_curve.png)", "",
               f"Slope of the total reward: {slope:+.4f} per step (standard error {error:.4f}, {len(totals)} steps): "
-              f"{trend_verdict(slope, error, 'the total reward')}. The total includes the negative and cross-group terms, which are the "
+              f"{trend_verdict(slope, error, 'the total reward')}. The total includes the negative and cross-group "
+              "terms, which are the "
               f"same for every rollout of a prompt and change with each step's prompts; the positive term alone (query "
               f"vs rollout, the part that moves the policy) has slope {positive_slope:+.4f} (standard error "
               f"{positive_error:.4f}).", "",

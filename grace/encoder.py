@@ -14,7 +14,8 @@ training workers call). `rationale=False` embeds the prompt alone (the paper's "
 Generation backends (`grace.generation`): continuous batching over a Hugging Face model (CPU or GPU; all texts of
 a call, in chunks of similar length) and vLLM (GPU only; imported only when chosen). `backend="auto"` takes vLLM
 when it is installed and CUDA is available. Identical texts in one call are generated and embedded once. A
-generation error raises; nothing is ever replaced by an empty rationale. Empty strings are embedded like any text (the prompt with empty user content).
+generation error raises; nothing is ever replaced by an empty rationale. Empty strings are embedded like any text
+(the prompt with empty user content).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class GraceEncoder:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path_or_hub_id, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, torch_dtype=dtype, trust_remote_code=True).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, torch_dtype=dtype, trust_remote_code=True)
+        model = model.to(device)
         settings = settings or EncoderSettings()
         generator = None
         if backend == "vllm" or (backend == "auto" and vllm_available()):
@@ -193,5 +195,6 @@ class GraceEncoder:
         result = embeddings[[row_of[text] for text in texts]] if texts else embeddings
         if not return_rationales:
             return result
-        decoded = {text: self.tokenizer.decode(ids, skip_special_tokens=True) for text, ids in zip(unique, rationale_ids)}
+        decoded = {text: self.tokenizer.decode(ids, skip_special_tokens=True)
+                   for text, ids in zip(unique, rationale_ids)}
         return result, [decoded[text] for text in texts]

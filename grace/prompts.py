@@ -25,7 +25,8 @@ def generation_eos_ids(generation_config, tokenizer) -> list[int]:
     return token_id_list(eos if eos is not None else tokenizer.eos_token_id)
 
 
-def chat_prompt_ids(tokenizer, text: str, max_length: int | None = None, system_prompt: str = SYSTEM_PROMPT) -> list[int]:
+def chat_prompt_ids(tokenizer, text: str, max_length: int | None = None, system_prompt: str = SYSTEM_PROMPT
+                    ) -> list[int]:
     """Token ids of the chat-templated prompt for `text`, generation header included, as verl tokenises it
     (template applied as a string, then tokenised without special tokens).
 

@@ -174,7 +174,8 @@ class StepProgress:
 def step_line(record: dict, total_steps: int, step_seconds: list[float], label: str = "train") -> str:
     parts = [f"[{label}] step {record['step']}/{total_steps}"]
     if "grace/total" in record:
-        parts.append(f"reward {record['grace/total']:+.3f} (positive {record.get('grace/positive', float('nan')):+.3f})")
+        positive = record.get("grace/positive", float("nan"))
+        parts.append(f"reward {record['grace/total']:+.3f} (positive {positive:+.3f})")
     if "grace/group_reward_std" in record:
         parts.append(f"group std {record['grace/group_reward_std']:.3f}, "
                      f"flat groups {100 * record.get('grace/group_all_equal', float('nan')):.0f}%")
@@ -184,7 +185,8 @@ def step_line(record: dict, total_steps: int, step_seconds: list[float], label: 
         parts.append(f"validation reward {validation_reward(record):+.3f}")
     if "timing_s/step" in record:
         mean = sum(step_seconds) / len(step_seconds)
-        parts.append(f"{record['timing_s/step']:.0f} s/step, ~{mean * (total_steps - record['step']) / 60:.0f} min left")
+        minutes_left = mean * (total_steps - record["step"]) / 60
+        parts.append(f"{record['timing_s/step']:.0f} s/step, ~{minutes_left:.0f} min left")
     return " | ".join(parts)
 
 
@@ -254,6 +256,6 @@ def train(settings: TrainingSettings, max_prompt: int, data: Path, model: Path, 
 def merge(out: Path, model: Path) -> Path:
     """The latest checkpoint under OUT/checkpoints as a Hugging Face folder OUT/trained_model."""
     trained = out / "trained_model"
-    run([sys.executable, "scripts/merge_model.py", "merge", "--backend", "fsdp", "--local_dir", str(out / "checkpoints"),
-         "--target_dir", str(trained), "--hf_model_path", str(model)], "merge", out)
+    run([sys.executable, "scripts/merge_model.py", "merge", "--backend", "fsdp", "--local_dir",
+         str(out / "checkpoints"), "--target_dir", str(trained), "--hf_model_path", str(model)], "merge", out)
     return trained

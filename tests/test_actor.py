@@ -4,6 +4,7 @@ narrower forward that projects only the response positions."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def test_shared_left_padding_is_dropped_and_nothing_else():
     assert without_shared_left_padding(unpadded) is unpadded
 
 
+@pytest.fixture(scope="module")
 def gpu_recipe_actor_config():
     """The actor config of train.sh (the GPU recipe), as verl's worker hands it to its actor: Hydra's composition
     printed by `train.sh --cfg job`, with the model's remove-padding and fused-kernel flags copied in (verl's
@@ -130,12 +132,13 @@ def gpu_recipe_actor_config():
 
 
 @pytest.mark.parametrize("variant", ["train.sh", "fused kernels", "Ulysses"])
-def test_the_gpu_recipe_reaches_verls_forward_unchanged(variant, single_process_group, monkeypatch):
+def test_the_gpu_recipe_reaches_verls_forward_unchanged(variant, gpu_recipe_actor_config, single_process_group,
+                                                        monkeypatch):
     """Remove-padding (train.sh), fused kernels and sequence parallelism are verl's paths: GRACE's actor hands the
     micro-batch to verl's forward as it came, with no hook on the module."""
     from verl.workers.actor import DataParallelPPOActor
 
-    config = gpu_recipe_actor_config()
+    config = copy.deepcopy(gpu_recipe_actor_config)
     assert config.use_remove_padding is True  # what train.sh sets
     if variant == "fused kernels":
         config.use_remove_padding, config.use_fused_kernels = False, True

@@ -157,7 +157,6 @@ def test_max_samples_applies_before_the_split(tmp_path):
 
 # ---------------------------------------------------------------- the length filter
 def test_filter_measures_query_and_negative_unless_main_prompt_only(tmp_path, tiny_model_path, capsys):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     long_text = "word " * 400
     rows = [supervised_record("short query", "short positive", "short negative", None, 0, "train", 0),
             supervised_record(long_text, "short positive", "short negative", None, 1, "train", 1),

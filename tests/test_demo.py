@@ -6,8 +6,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.data.assets import smollm2_hf_folder
-from grace.demo import parse_arguments
 from grace.demo import main as demo_main
+from grace.demo import parse_arguments
 from grace.prompts import chat_prompt_ids
 from grace.verl_ext.cpu_compat import resolve_cpu_dtype
 
@@ -22,9 +22,12 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
     report = (out / "report.md").read_text()
     for section in ("## Settings", "| preset | quick |", "## Did training help?", "- WikiDescriptionRetrieval: ",
                     "for the base model with a rationale (accuracy@1, paired difference", "n = 6).",
-                    "- LeeSTS: ", "held-out perplexity", "nats per token", "| grace | ", "- grace vs base_rationale on LeeSTS: ",
+                    "- LeeSTS: ", "held-out perplexity", "nats per token", "| grace | ",
+                    "- grace vs base_rationale on LeeSTS: ",
                     "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
-                    "Slope of the total reward", f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |", "group std | flat | entropy",
+                    "Slope of the total reward",
+                    f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |",
+                    "group std | flat | entropy",
                     "## The same text, before and after training", "## Wall time", "of which grace: training"):
         assert section in report, section
     steps = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]

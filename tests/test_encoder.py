@@ -71,11 +71,13 @@ def test_encoder_embeds_exactly_as_the_training_worker(encoder):
     responses = [[40, 41, encoder.eos_ids[0]], [42] * 6, [encoder.eos_ids[0]]]
     prompt_width, response_width = 160, 8
     pad = encoder.tokenizer.pad_token_id
-    rows = [[pad] * (prompt_width - len(p)) + p + r + [pad] * (response_width - len(r)) for p, r in zip(prompts, responses)]
+    rows = [[pad] * (prompt_width - len(p)) + p + r + [pad] * (response_width - len(r))
+            for p, r in zip(prompts, responses)]
     mask = torch.tensor([[0] * (prompt_width - len(p)) + [1] * (len(p) + len(r)) + [0] * (response_width - len(r))
                          for p, r in zip(prompts, responses)])
     batch = TensorDict({"input_ids": torch.tensor(rows), "attention_mask": mask,
-                        "position_ids": position_ids_from_mask(mask), "pool_skip": torch.full((3,), encoder.prefix_len)},
+                        "position_ids": position_ids_from_mask(mask),
+                        "pool_skip": torch.full((3,), encoder.prefix_len)},
                        batch_size=3)
     worker = pooled_embeddings_in_token_budget(encoder.model, batch, max_token_len=400)
     direct = encoder.embed_token_sequences([p + r for p, r in zip(prompts, responses)], batch_size=2)

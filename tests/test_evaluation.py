@@ -10,9 +10,9 @@ from mteb.models.model_meta import ModelMeta, ScoringFunction
 from scipy.stats import spearmanr
 
 import eval_mteb
-from grace.generation import ContinuousBatchGenerator
 from grace.evaluation.local_tasks import LeeSTS, WikiDescriptionRetrieval, local_tasks
 from grace.evaluation.run import evaluate_tasks, resolve_tasks
+from grace.generation import ContinuousBatchGenerator
 
 
 class FixedEncoder(AbsEncoder):
@@ -24,7 +24,8 @@ class FixedEncoder(AbsEncoder):
             name="test/fixed", similarity_fn_name=ScoringFunction.COSINE, embed_dim=dim))
 
     def vector(self, text):
-        return np.random.default_rng(sum((i + 1) * ord(c) for i, c in enumerate(text[:200])) % 2**32).normal(size=self.dim)
+        seed = sum((i + 1) * ord(c) for i, c in enumerate(text[:200])) % 2**32
+        return np.random.default_rng(seed).normal(size=self.dim)
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
         return np.array([self.vector(t) for batch in inputs for t in batch["text"]], dtype=np.float32)

@@ -6,14 +6,20 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import grace.encoder
+import grace.generation
 from grace.data.assets import load_wiki_articles, smollm2_hf_folder
 from grace.encoder import GraceEncoder
-import grace.generation
-from grace.generation import (ContinuousBatchGenerator, GenerationSettings, SlotKVCache, UnsupportedModelError,
-                              choose_tokens, default_slots)
+from grace.generation import (
+    ContinuousBatchGenerator,
+    GenerationSettings,
+    SlotKVCache,
+    UnsupportedModelError,
+    choose_tokens,
+    default_slots,
+)
 from grace.prompts import chat_prompt_ids
 
 NEW_TOKENS = 40
@@ -195,7 +201,8 @@ def family_model(family: str, vocab_size: int, **overrides):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.3,
                   pad_token_id=0)
     configs = {"gemma2": lambda: Gemma2Config(**common, head_dim=16),
-               "gemma3": lambda: Gemma3TextConfig(**{**common, "initializer_range": 0.02}, head_dim=16), "mistral": lambda: MistralConfig(**common), "phi3": lambda: Phi3Config(**common),
+               "gemma3": lambda: Gemma3TextConfig(**{**common, "initializer_range": 0.02}, head_dim=16),
+               "mistral": lambda: MistralConfig(**common), "phi3": lambda: Phi3Config(**common),
                "gpt_oss": lambda: GptOssConfig(**common, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
                                                rope_scaling=None)}
     config = configs[family]()

@@ -14,10 +14,10 @@ import torch
 
 from grace.data.process import BadInputError
 from grace.grpo_rm import objective
-from grace.grpo_rm.data import LabelledData, load_labelled, read_labelled_file, split, stratified_split
+from grace.grpo_rm.data import load_labelled, read_labelled_file, stratified_split
 from grace.grpo_rm.evaluate import knn_predictions, probe_accuracy
 from grace.grpo_rm.loop import TrainConfig, batch_order, ce_step, grpo_rm_step, make_optimizer, train
-from grace.grpo_rm.policy import DigitsConvEncoder, RepresentationPolicy, TextEncoder, build_policy, make_head
+from grace.grpo_rm.policy import DigitsConvEncoder, TextEncoder, build_policy, make_head
 from tests.tiny_model import build_tiny_encoder
 
 

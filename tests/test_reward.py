@@ -170,7 +170,8 @@ def test_group_constant_terms_cancel_in_reference_but_not_in_infonce():
     query, negative = repeated_per_group(query, ids), repeated_per_group(negative, ids)
     other_negative = repeated_per_group(torch.randn_like(negative), ids)
 
-    reference = [contrastive_rewards(main, query, n, ids, mode="supervised")["total"] for n in (negative, other_negative)]
+    reference = [contrastive_rewards(main, query, n, ids, mode="supervised")["total"]
+                 for n in (negative, other_negative)]
     assert not torch.allclose(reference[0], reference[1])  # the negative changes the reward ...
     torch.testing.assert_close(grpo_advantages(reference[0], ids), grpo_advantages(reference[1], ids),
                                rtol=1e-5, atol=1e-5)  # ... but not the advantage

@@ -248,7 +248,8 @@ def test_dataset_builds_intact_query_and_negative_prompts(setup):
         text = tokenizer.decode(ids)
         assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
         assert row["multi_input"][field] in text
-        torch.testing.assert_close(row[f"{prefix}_position_ids"], position_ids_from_mask(row[f"{prefix}_attention_mask"]))
+        torch.testing.assert_close(row[f"{prefix}_position_ids"],
+                                   position_ids_from_mask(row[f"{prefix}_attention_mask"]))
 
 
 def test_a_custom_system_prompt_changes_every_prompt_and_the_pooled_prefix(setup, tiny_model_path, tmp_path):

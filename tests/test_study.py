@@ -268,7 +268,8 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
         "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: base_rationale, kind: base}\n": "unique",
         "name: s\narms:\n  - {name: a, kind: base}\n": "compare_to",
         "name: s\narms:\n  - {name: base_rationale, kind: base, compare_to: nope}\n": "'nope' is not another arm",
-        "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: b, kind: base, compare_to: [base_rationale, x]}\n":
+        "name: s\narms:\n  - {name: base_rationale, kind: base}\n"
+        "  - {name: b, kind: base, compare_to: [base_rationale, x]}\n":
             "'x' is not another arm",
         "name: s\narms:\n  - {name: base_rationale, kind: base, compare_to: base_rationale}\n": "not another arm",
         "name: s\narms:\n  - {name: base_rationale, kind: base, rationale: false, pooling_span: response}\n":

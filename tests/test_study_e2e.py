@@ -23,7 +23,8 @@ def write_config(path, model, grace_steps):
                  {"name": "base_rationale_response", "kind": "base", "pooling_span": "response"},
                  {"name": "contrastive", "kind": "contrastive", "rationale": False,
                   "settings": {"examples": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4}},
-                 {"name": "grace", "kind": "grace", "pooling_span": "response", "compare_to": ["base_rationale_response", "contrastive"],
+                 {"name": "grace", "kind": "grace", "pooling_span": "response",
+                  "compare_to": ["base_rationale_response", "contrastive"],
                   "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
                                "lr": 1e-3}}]}))
     return path
@@ -67,7 +68,8 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
     report = (out / "tiny/report.md").read_text()
     assert "- grace vs base_rationale_response on LeeSTS:" in report
-    assert "distinct / looping rationales %" in report and "| grace |" in report and "validation_reward.png" in report and "## In words" in report
+    for section in ("distinct / looping rationales %", "| grace |", "validation_reward.png", "## In words"):
+        assert section in report, section
     assert (out / "tiny/scores.png").exists() and (out / "tiny/validation_reward.png").exists()
 
     # Re-run: finished arms are skipped. An interrupted GRACE arm (no result, no merged model) resumes training

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from grace.train import run_grace
-from tests.training import (checkpoint_weights, compose_config, read_metrics, tiny_overrides, unchanged_parameters,
-                            write_tiny_dataset)
+from tests.training import (
+    checkpoint_weights,
+    compose_config,
+    read_metrics,
+    tiny_overrides,
+    unchanged_parameters,
+    write_tiny_dataset,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +73,8 @@ def check_eval_sh(model_path: Path, checkpoint_root: Path, out: Path):
 
 
 def components(mode):
-    names = ["total", "positive", "clustering", "cross_group", "length_penalized", "group_reward_std", "group_all_equal"]
+    names = ["total", "positive", "clustering", "cross_group", "length_penalized", "group_reward_std",
+             "group_all_equal"]
     return {f"grace/{n}" for n in names + (["negative"] if mode == "supervised" else [])}
 
 

@@ -6,8 +6,16 @@ import argparse
 import pandas as pd
 import pytest
 
-from grace.training_run import (DataConfig, TrainingSettings, add_flags, prepare_data, settings_from, step_line,
-                                train_overrides, validation_curve)
+from grace.training_run import (
+    DataConfig,
+    TrainingSettings,
+    add_flags,
+    prepare_data,
+    settings_from,
+    step_line,
+    train_overrides,
+    validation_curve,
+)
 
 
 def test_settings_are_flags_with_their_defaults_types_and_choices():

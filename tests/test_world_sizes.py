@@ -7,7 +7,6 @@ negative would not)."""
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl import DataProto
 from verl.single_controller.base.decorator import collect_dp_compute_data_proto, dispatch_dp_compute_data_proto
 from verl.single_controller.base.worker_group import WorkerGroup
@@ -33,7 +32,7 @@ class RankedWorkers(WorkerGroup):
     """A worker group of `world_size` ranks in this process: verl's DP_COMPUTE_PROTO dispatch chunks each request,
     every rank runs its chunk alone (in reverse rank order if asked) and verl's collect joins the outputs."""
 
-    def __init__(self, model, eos_id, world_size, reverse=False):  # noqa: super().__init__ needs a resource pool
+    def __init__(self, model, eos_id, world_size, reverse=False):  # no super().__init__: it needs a resource pool
         self.model, self.eos_id, self._world_size, self.reverse = model, eos_id, world_size, reverse
         self.requests, self.rationales = [], []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from grace.data.demo import wiki_sentences, wiki_triples
 from grace.data.assets import load_wiki_articles
+from grace.data.demo import wiki_sentences, wiki_triples
 from grace.data.records import supervised_record, unsupervised_record
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from grace.data.assets import load_wiki_articles
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-EVALUATION_STRIDE = 20  # every 20th packaged article (by file position) is held out: ~490 retrieval queries for the study
+# every 20th packaged article (by file position) is held out: ~490 retrieval queries for the study
+EVALUATION_STRIDE = 20
 
 
 def split_articles(articles: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -88,7 +88,7 @@ def evaluate_tasks(model, tasks: list, results_folder: Path | None) -> list[dict
                "score": 100 * task_result.get_score(), "seconds": seconds}
         extra = EXTRA_METRICS.get(task.metadata.type)
         if extra:
-            row[extra] = 100 * task_result.get_score(getter=lambda s: s[extra])
+            row[extra] = 100 * task_result.get_score(getter=lambda scores, key=extra: scores[key])
         rows.append(row)
         print(f"    {row['main_metric']} = {row['score']:.2f} ({seconds:.1f} s)")
     return rows
@@ -114,7 +114,8 @@ def summary_markdown(summary: dict, other: dict | None = None) -> str:
     """A readable report; with `other`, side by side with the difference."""
     names = [summary["model"]] + ([other["model"]] if other else [])
     lines = [f"# MTEB summary: {' vs '.join(names)}", "", f"Averaging: {summary['averaging_rule']}", ""]
-    header = ["task", "type", "metric", summary["model"]] + ([other["model"], "difference"] if other else []) + ["time (s)"]
+    compared = [other["model"], "difference"] if other else []
+    header = ["task", "type", "metric", summary["model"], *compared, "time (s)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     other_rows = {r["task"]: r for r in other["tasks"]} if other else {}
     for row in summary["tasks"]:

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from grace.grpo_rm.data import LabelledData, Splits, load_labelled, split
 from grace.grpo_rm.evaluate import embed, embed_and_classify, representation_scores

@@ -138,7 +138,8 @@ def train_contrastive(model_path: Path, triples, out: Path, epochs: int = 1, lr:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="causal LM folder to fine-tune")
-    parser.add_argument("--data", type=Path, required=True, help="GRACE supervised train.parquet (query/positive/negative)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="GRACE supervised train.parquet (query/positive/negative)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the trained model")
     parser.add_argument("--examples", type=int, default=None, help="training triples (default: all)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the triples")

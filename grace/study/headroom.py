@@ -86,7 +86,7 @@ def sample_rewards(main: np.ndarray, query: np.ndarray, negative: np.ndarray, va
         chunk = slice(start, min(start + groups_per_batch, documents))
         groups = chunk.stop - chunk.start
         group_ids = torch.arange(groups).repeat_interleave(n)
-        rows = lambda x: torch.from_numpy(np.repeat(x[chunk], n, axis=0))  # noqa: E731
+        rows = lambda x, chunk=chunk: torch.from_numpy(np.repeat(x[chunk], n, axis=0))
         parts = contrastive_rewards(torch.from_numpy(main[chunk].reshape(groups * n, -1)), rows(query), rows(negative),
                                     group_ids, mode="supervised", temperature=temperature, variant=variant)
         rewards[chunk] = parts["total"].double().numpy().reshape(groups, n)
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=8, help="rationales sampled per document (a training group)")
     parser.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens")
-    parser.add_argument("--reward_temperature", type=float, default=0.1, help="the reward's temperature (train.sh's 0.1)")
+    parser.add_argument("--reward_temperature", type=float, default=0.1,
+                        help="the reward's temperature (train.sh's 0.1)")
     parser.add_argument("--groups_per_batch", type=int, default=4, help="documents per reward batch (prompts per step)")
     parser.add_argument("--batch_size", type=int, default=16, help="sequences per embedding forward")
     parser.add_argument("--seed", type=int, default=0, help="sampling, negative and random-pick seed")

@@ -31,7 +31,8 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 8, max_leng
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts[start : start + batch_size]]
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length]
+               for t in texts[start : start + batch_size]]
         width = max(len(i) for i in ids)
         input_ids = torch.tensor([i + [0] * (width - len(i)) for i in ids], device=device)
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)

@@ -85,7 +85,8 @@ def plot_scores(results: dict, path: Path) -> None:
         names = [a for a in arms if task in results["arms"][a]["tasks"]]
         rows = [results["arms"][a]["tasks"][task] for a in names]
         scores = [r["score"] for r in rows]
-        errors = [[s - r["score_ci"][0] for s, r in zip(scores, rows)], [r["score_ci"][1] - s for s, r in zip(scores, rows)]]
+        errors = [[s - r["score_ci"][0] for s, r in zip(scores, rows)],
+                  [r["score_ci"][1] - s for s, r in zip(scores, rows)]]
         axis.bar(range(len(names)), scores, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
         axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         axis.set_title(f"{task} ({rows[0]['metric']}, n={rows[0]['n']})", fontsize=9)
@@ -97,7 +98,8 @@ def plot_scores(results: dict, path: Path) -> None:
 
 
 def _arm_details(name: str, arm: dict) -> list[str]:
-    lines = [f"### {name}", "", f"- kind: {arm['kind']}; embedding: {'rationale' if arm['rationale'] else 'prompt only'}"
+    embedding = "rationale" if arm["rationale"] else "prompt only"
+    lines = [f"### {name}", "", f"- kind: {arm['kind']}; embedding: {embedding}"
              f", pooling span {arm['pooling_span']}"]
     if arm.get("settings"):
         lines.append(f"- settings: `{json.dumps(arm['settings'], sort_keys=True)}`")
@@ -131,7 +133,8 @@ def _arm_details(name: str, arm: dict) -> list[str]:
     diversity = arm.get("rationale_diversity")
     if diversity:
         lines.append(f"- held-out rationales: {diversity['texts']}, {diversity['distinct_percent']:.1f}% distinct, the "
-                     f"most common {diversity['most_common_percent']:.1f}%, {diversity['looping_percent']:.1f}% looping")
+                     f"most common {diversity['most_common_percent']:.1f}%, "
+                     f"{diversity['looping_percent']:.1f}% looping")
     lines.append(f"- wall time: training {arm.get('train_seconds', 0):.0f} s, evaluation {arm['eval_seconds']:.0f} s")
     if "units_lost" in arm:
         lines.append(f"- per-item scores lost: {arm['units_lost']}")

@@ -105,7 +105,8 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
     batch = config.evaluation.batch_size
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
                                                              show_progress_bar=True))
-    held_out_perplexity = perplexity(encoder.model, encoder.tokenizer, held_out_texts(config.evaluation.perplexity_texts))
+    held_out_perplexity = perplexity(encoder.model, encoder.tokenizer,
+                                     held_out_texts(config.evaluation.perplexity_texts))
     diversity = held_out_rationale_diversity(encoder, evaluation.texts()) if arm.rationale else None
     kl = (None if arm.kind == "base"
           else held_out_rationale_kl(encoder, base_model, evaluation.documents[:config.evaluation.kl_texts]))

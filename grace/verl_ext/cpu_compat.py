@@ -122,7 +122,8 @@ def _add_memory_shims_to_torch_cpu() -> None:
 
 
 def _map_flash_attention_to_sdpa() -> None:
-    # The actor is built from AutoConfig.from_pretrained(..., attn_implementation="flash_attention_2"): no flash-attn on a CPU.
+    # The actor is built from AutoConfig.from_pretrained(..., attn_implementation="flash_attention_2"): no flash-attn
+    # on a CPU.
     from transformers import AutoConfig
 
     original = AutoConfig.from_pretrained.__func__

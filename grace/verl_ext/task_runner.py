@@ -35,7 +35,8 @@ def uses_reference_policy(config: DictConfig) -> bool:
 
 def check_supported(config: DictConfig) -> None:
     if config.actor_rollout_ref.actor.strategy not in ("fsdp", "fsdp2"):
-        raise ValueError(f"GRACE runs on verl's FSDP workers; actor.strategy={config.actor_rollout_ref.actor.strategy!r}"
+        strategy = config.actor_rollout_ref.actor.strategy
+        raise ValueError(f"GRACE runs on verl's FSDP workers; actor.strategy={strategy!r}"
                          " is not supported")
     if config.actor_rollout_ref.rollout.mode != "sync":
         raise ValueError("GRACE needs rollout.mode=sync: the async rollout has no generate_sequences in verl 0.4.1")
