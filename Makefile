@@ -23,8 +23,9 @@ lint: install
 	$(PY) -m ruff check .
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+# Two workers, one per core; each test file runs on one worker (the end-to-end runs of a file share fixtures).
 test: lint
-	$(PY) -m pytest; status=$$?; \
+	$(PY) -m pytest -n 2 --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
 # The whole pipeline on the CPU with the packaged SmolLM2 and Wikipedia data; report in demo_out/.

@@ -17,8 +17,12 @@ def pytest_configure(config):
                         "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(name, value)
     # Whatever tests and libraries put in the temp folder (verl's checkpoint locks, Ray's session folder, pytest's
-    # tmp_path) goes into one folder of this session, removed at its end: nothing is left in the system's.
-    config.grace_temp = tempfile.mkdtemp(prefix="grace-tests-")
+    # tmp_path) goes into one folder of this session, removed at its end: nothing is left in the system's. The
+    # workers of `pytest -n` share their controller's (a folder inside it would make Ray's socket paths too long).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        config.grace_temp, config.grace_temp_owned = os.environ["TMPDIR"], False
+    else:
+        config.grace_temp, config.grace_temp_owned = tempfile.mkdtemp(prefix="grace-tests-"), True
     os.environ["TMPDIR"] = config.grace_temp
     tempfile.tempdir = None  # gettempdir() caches its first answer
     config.grace_repo_files = repository_changes()
@@ -46,13 +50,22 @@ def pytest_unconfigure(config):
 
         if ray.is_initialized():
             ray.shutdown()
-    shutil.rmtree(config.grace_temp, ignore_errors=True)
+    if config.grace_temp_owned:
+        shutil.rmtree(config.grace_temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """Folder of the tiny random Qwen2 + tokenizer, built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(tmp_path_factory):
+    """The packaged SmolLM2-135M-Instruct converted from its GGUF by this session's code (not a user's cache)."""
+    from grace.data.assets import smollm2_hf_folder
+
+    return smollm2_hf_folder(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import grace.encoder
 import grace.generation
-from grace.data.assets import load_wiki_articles, smollm2_hf_folder
+from grace.data.assets import load_wiki_articles
 from grace.encoder import GraceEncoder
 from grace.generation import (
     ContinuousBatchGenerator,
@@ -151,8 +151,8 @@ def test_encoder_generates_in_length_chunks_and_keeps_finished_chunks(tiny_model
 
 
 @pytest.mark.slow
-def test_packaged_smollm2_rationales_match_one_prompt_at_a_time():
-    folder = smollm2_hf_folder()
+def test_packaged_smollm2_rationales_match_one_prompt_at_a_time(smollm2_path):
+    folder = smollm2_path
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     articles = load_wiki_articles()[1::1500][:6]

@@ -110,14 +110,19 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     assert len(seen) == 8 and len(third) == 4 and not seen & third
 
 
-def test_unsupervised_training(tiny_model_path, tmp_path):
+def test_unsupervised_training_with_a_kl_loss(tiny_model_path, tmp_path):
+    """Also verl's reference policy: a KL loss with a non-zero coefficient builds it and runs it every step."""
     data = write_tiny_dataset(tmp_path / "data", "unsupervised", train_rows=8)
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=2) + GRACE_OVERRIDES
-                             + ["+data.train_mode=unsupervised", "trainer.test_freq=2"]))
+                             + ["+data.train_mode=unsupervised", "trainer.test_freq=2",
+                                "actor_rollout_ref.actor.kl_loss_coef=0.01"]))
     metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [1, 2]
     for step in metrics:
         assert components("unsupervised") <= set(step) and "grace/negative" not in step
         assert all(math.isfinite(step[name]) for name in components("unsupervised"))
+        assert {"actor/kl_loss", "timing_s/ref"} <= set(step) and math.isfinite(step["actor/kl_loss"])
+    assert any(m["actor/grad_norm"] > 0 for m in metrics)
     assert "val-aux/unsupervised/grace/positive/mean@1" in metrics[-1]  # validation uses the same reward
     assert math.isfinite(metrics[-1]["val-core/unsupervised/reward/mean@1"])
     assert unchanged_parameters(tiny_model_path, tmp_path / "checkpoints/global_step_2/actor") == []

@@ -85,9 +85,8 @@ def _init_process_group_with_gloo() -> None:
         return
 
     @functools.wraps(original)
-    def init_process_group(*args, **kwargs):
-        kwargs["backend"] = "gloo"
-        return original(*args, **kwargs)
+    def init_process_group(backend=None, *args, **kwargs):
+        return original("gloo", *args, **kwargs)
 
     init_process_group._grace_gloo = True
     torch.distributed.init_process_group = init_process_group
