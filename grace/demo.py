@@ -6,10 +6,12 @@
 Stages, each through the same command line a user would type: SmolLM2-135M-Instruct converted once from its
 packaged GGUF; Echo-format triples from packaged Wikipedia articles (`grace.data.demo`); `process_data.py`;
 `offline_filter_data.py`; `python -m grace.train` (verl 0.4.1, HF rollout, FSDP2, the `hidden` reward,
-supervised mode); `scripts/merge_model.py`. The demo is a study (`grace.study`) of three arms: the base model
-without and with a rationale, and the trained model with a rationale, scored on the same held-out items
-(retrieval of held-out Wikipedia extracts from their descriptions, Lee news pairs, perplexity) with paired
-bootstrap intervals. It writes OUT/report.md (does training help, in plain words, with the intervals),
+supervised mode); `scripts/merge_model.py`. The demo is a study (`grace.study`) of four arms: the base model
+without a rationale, with one pooled over prompt + rationale and over the rationale alone, and the trained model
+with a rationale, scored on the same held-out items (retrieval of held-out Wikipedia extracts from their
+descriptions, Lee news pairs, perplexity) with paired bootstrap intervals. Its verdict compares the trained model,
+per task, with the strongest of the three untrained embeddings (named), then with the one pooled the same way (what
+training moved). It writes OUT/report.md (does training help, in plain words, with the intervals),
 OUT/results.json (the study's schema), OUT/reward_curve.png and OUT/validation_reward.png. While training, the
 console shows a line per step (rewards, what GRPO learns from, the validation reward when computed, seconds per
 step, time left). A GPU is used when there is one.
@@ -57,6 +59,7 @@ from grace.training_run import (
 
 COMPONENTS = ["total", "positive", "negative", "clustering", "cross_group"]
 TRAINED_ARM = "grace"
+BASE_RATIONALE_ARMS = {"prompt+response": "base_rationale", "response": "base_rationale_response"}  # the study's names
 # name: (what it is, flag defaults over the parser's). The parser's own defaults are the settings of the first
 # study (studies/first.yaml), which did not learn; the presets use the setting the search found to learn
 # (studies/search.yaml, arm response_lr1e-5): the rationale pooled alone, lr 1e-5.
@@ -148,25 +151,15 @@ def example_rationales(base: Path, trained: Path, text: str, max_new_tokens: int
 
 
 def training_verdict(results: dict) -> list[str]:
-    """Plain words per task: did the trained model beat the base model with a rationale (paired 95% interval)?"""
-    trained, base = results["arms"][TRAINED_ARM], results["arms"]["base_rationale"]
-    lines = []
-    for task, values in trained["tasks"].items():
-        comparison = values["vs_base_rationale"]
-        if comparison["ci_low"] > 0:
-            outcome = "training helped"
-        elif comparison["ci_high"] < 0:
-            outcome = "training made it worse"
-        else:
-            outcome = "no effect of training was shown (the interval includes 0)"
-        lines.append(f"- {task}: {outcome}: {values['score']:.1f} after training against "
-                     f"{base['tasks'][task]['score']:.1f} for the base model with a rationale ({values['metric']}, "
-                     f"paired difference {comparison['diff']:+.1f}, 95% CI {comparison['ci_low']:+.1f} to "
-                     f"{comparison['ci_high']:+.1f}, n = {values['n']}).")
-    lines.append(f"- Generative retention: held-out perplexity {trained['perplexity']:.2f} after training against "
-                 f"{base['perplexity']:.2f} before; the policy moved {trained['kl_to_base']:.4f} nats per token "
-                 "(KL to the base model on its own rationales of held-out documents).")
-    return lines
+    """Plain words per task: the trained model against the strongest untrained embedding of the base model (named),
+    then against the base model pooled the same way; then generative retention."""
+    from grace.study.report import verdict
+
+    trained, base = results["arms"][TRAINED_ARM], results["arms"]["base_prompt_only"]
+    return verdict(results, [TRAINED_ARM]) + [
+        f"- Generative retention: held-out perplexity {trained['perplexity']:.2f} after training against "
+        f"{base['perplexity']:.2f} before; the policy moved {trained['kl_to_base']:.4f} nats per token "
+        "(KL to the base model on its own rationales of held-out documents)."]
 
 
 def write_report(args, out: Path, metrics: list[dict], results: dict, examples: dict[str, str], example_text: str,
@@ -186,7 +179,10 @@ def write_report(args, out: Path, metrics: list[dict], results: dict, examples: 
         lines.append(f"| {key} | {getattr(args, key)} |")
     lines += ["", "## Did training help?", "",
               "The trained model and the base model embed the same held-out items (never in training data), each "
-              f"from its own {args.rationale_length}-token rationale; differences are paired bootstrap 95% intervals.",
+              f"from its own {args.rationale_length}-token rationale; differences are paired bootstrap 95% intervals. "
+              "Each task compares the trained model with the strongest untrained embedding of the base model on "
+              "that task (without a rationale, or with one pooled either way), then with the base model pooled the "
+              "same way as the trained one.",
               "", *training_verdict(results), f"- {validation_section(validation_metrics)}", "",
               *results_table(results), "", *in_words(results), "",
               "## Validation reward", "", validation_section(validation_metrics), "",
@@ -262,15 +258,19 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def demo_study(args, model: Path) -> StudyConfig:
-    """The demo as a study: the base model without and with a rationale, and GRACE trained with the demo's flags,
-    scored on the same held-out items (`grace.study`), so that its results.json has the study's schema."""
+    """The demo as a study: the base model without a rationale and with one pooled either way, and GRACE trained with
+    the demo's flags, scored on the same held-out items (`grace.study`), so that its results.json has the study's
+    schema."""
     training = dataclasses.asdict(settings_from(args, TrainingSettings))
     pooling_span = training.pop("pooling_span")  # an arm's, in the study: its evaluation pools the same way
+    # Every untrained embedding of the model, so that the verdict finds the strongest (the two rationale arms share
+    # their rationales through the cache); the table's differences are against the one pooled the same way.
+    same_way = BASE_RATIONALE_ARMS[pooling_span]
     return StudyConfig(
-        name="demo", model=str(model), compare_to="base_rationale", data=settings_from(args, DataConfig),
+        name="demo", model=str(model), compare_to=same_way, data=settings_from(args, DataConfig),
         evaluation=EvaluationConfig(retrieval_queries=args.eval_size, rationale_length=args.rationale_length),
         arms=[ArmConfig("base_prompt_only", "base", rationale=False),
-              ArmConfig("base_rationale", "base", pooling_span=pooling_span),
+              *[ArmConfig(name, "base", pooling_span=span) for span, name in BASE_RATIONALE_ARMS.items()],
               ArmConfig(TRAINED_ARM, "grace", pooling_span=pooling_span, settings=training)])
 
 

@@ -299,6 +299,45 @@ def write_finished_arm(arms_dir, name, hits, **record):
     return arm_dir
 
 
+def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_span_one(tmp_path):
+    """Made-up per-query hits where the base model pooled as GRACE pools (the rationale alone) is the weakest base
+    and the base model without a rationale the strongest: GRACE beats the first and not the second."""
+    from grace.demo import training_verdict
+    from grace.study.report import verdict
+
+    config = load_config(write_config(tmp_path, (
+        "name: s\nevaluation: {bootstrap_resamples: 500}\narms:\n"
+        "  - {name: base_prompt_only, kind: base, rationale: false}\n  - {name: base_rationale, kind: base}\n"
+        "  - {name: base_rationale_response, kind: base, pooling_span: response}\n"
+        "  - {name: grace, kind: grace, pooling_span: response, compare_to: base_rationale_response}\n")))
+    arms = tmp_path / "run/arms"
+    prompt_only = [1] * 24 + [0] * 16  # 60%
+    write_finished_arm(arms, "base_prompt_only", prompt_only, rationale=False, pooling_span="prompt+response")
+    write_finished_arm(arms, "base_rationale", [1] * 20 + [0] * 20, rationale=True, pooling_span="prompt+response")
+    write_finished_arm(arms, "base_rationale_response", [1] * 10 + [0] * 30, rationale=True, pooling_span="response")
+    grace = [1] * 22 + [0] * 2 + [1] * 2 + [0] * 14  # 60%, on other queries than the prompt-only base in places
+    write_finished_arm(arms, "grace", grace, kind="grace", rationale=True, pooling_span="response", perplexity=18.0,
+                       kl_to_base=0.1)
+    (arms / "base_prompt_only/result.json").write_text(json.dumps(
+        {**json.loads((arms / "base_prompt_only/result.json").read_text()), "perplexity": 17.5}))
+    results = collect_results(config, tmp_path / "run")
+    task = results["arms"]["grace"]["tasks"]["WikiDescriptionRetrieval"]
+    best = task["vs_best_base"]
+    assert best["arm"] == "base_prompt_only" and best["diff"] == 0.0 and best["ci_low"] < 0 < best["ci_high"]
+    assert task["vs_base_rationale"]["diff"] == pytest.approx(10.0)  # the study's compare_to, kept
+    assert task["vs_base_rationale_response"]["ci_low"] > 0  # beats the base pooled the same way
+    assert all("vs_best_base" not in t for name, arm in results["arms"].items() if arm["kind"] == "base"
+               for t in arm["tasks"].values())
+    lines = verdict(results)
+    assert lines[0].startswith("- grace on WikiDescriptionRetrieval: no better than the base model without a "
+                           "rationale, the strongest untrained embedding (base_prompt_only): 60.0 against 60.0")
+    assert lines[1].startswith("  Pooled the same way (the base model with a rationale pooled over the rationale "
+                               "alone, base_rationale_response), training moved it by +35.0")
+    assert lines[1].endswith(": better.") and len(lines) == 2
+    assert training_verdict(results)[:2] == lines  # the demo says the same, then generative retention
+    assert "held-out perplexity 18.00 after training against 17.50 before" in training_verdict(results)[2]
+
+
 def test_archived_arms_rebuild_the_same_results_and_lost_units_are_never_paired(tmp_path):
     config = load_config(write_config(tmp_path, (
         "name: s\nevaluation: {bootstrap_resamples: 200}\narms:\n  - {name: base_rationale, kind: base}\n"

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from grace.study.config import StudyConfig
+from grace.study.runner import BEST_BASE
 from grace.study.stats import trend_verdict
 
 
@@ -183,11 +184,56 @@ def results_table(results: dict) -> list[str]:
 
 
 def in_words(results: dict) -> list[str]:
-    """One line per paired comparison: better, worse, or no difference shown, with the interval."""
+    """One line per paired comparison with a named arm: better, worse, or no difference shown, with the interval."""
     return [f"- {name} vs {comparison[3:]} on {task}: {_verdict(values[comparison])} "
             f"({values['metric']} {_interval(values[comparison])})."
             for name, arm in results["arms"].items() for task, values in arm["tasks"].items()
-            for comparison in values if comparison.startswith("vs_")]
+            for comparison in values if comparison.startswith("vs_") and comparison != BEST_BASE]
+
+
+def describe_base(arm: dict) -> str:
+    if not arm["rationale"]:
+        return "the base model without a rationale"
+    span = "the rationale alone" if arm["pooling_span"] == "response" else "prompt + rationale"
+    return f"the base model with a rationale pooled over {span}"
+
+
+def pooled_the_same_way(results: dict, arm: dict) -> str | None:
+    """The base arm that embeds as `arm` does (with or without a rationale, the same pooling span), if any."""
+    return next((name for name, other in results["arms"].items() if other["kind"] == "base"
+                 and other["rationale"] == arm["rationale"] and other["pooling_span"] == arm["pooling_span"]), None)
+
+
+def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
+    """Plain words per trained arm and task: better, no better or worse than the strongest untrained embedding of
+    the model on that task (which one it is, named), then, when that is not the base embedded the same way, how far
+    training moved the embedding pooled the same way (the mechanism)."""
+    arms, lines = results["arms"], []
+    for name in arm_names or [n for n, arm in arms.items() if arm["kind"] != "base"]:
+        arm = arms[name]
+        same_way = pooled_the_same_way(results, arm)
+        for task, values in arm["tasks"].items():
+            best = values.get(BEST_BASE)
+            if best is None:
+                lines.append(f"- {name} on {task}: {values['score']:.1f}, not paired with a base model (per-item "
+                             "scores lost)." if "units_lost" in arm else
+                             f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")
+                continue
+            base = arms[best["arm"]]
+            if best["ci_low"] > 0:
+                outcome = f"better than the strongest untrained embedding, {describe_base(base)}"
+            elif best["ci_high"] < 0:
+                outcome = f"worse than {describe_base(base)}, the strongest untrained embedding"
+            else:
+                outcome = f"no better than {describe_base(base)}, the strongest untrained embedding"
+            lines.append(f"- {name} on {task}: {outcome} ({best['arm']}): {values['score']:.1f} against "
+                         f"{base['tasks'][task]['score']:.1f} ({values['metric']}, paired difference "
+                         f"{_interval(best)}, n = {values['n']}).")
+            if same_way not in (None, best["arm"]) and f"vs_{same_way}" in values:
+                lines.append(f"  Pooled the same way ({describe_base(arms[same_way])}, {same_way}), training moved "
+                             f"it by {_interval(values[f'vs_{same_way}'])}: "
+                             f"{_verdict(values[f'vs_{same_way}'])}.")
+    return lines
 
 
 def write_report(config: StudyConfig, results: dict, study_dir: Path, config_path: Path) -> Path:
@@ -201,6 +247,10 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
              f"carry their own 95% bootstrap interval.", "",
              "## Results", ""]
     lines += results_table(results)
+    lines += ["", "## Did training help?", "",
+              "Each trained arm against the strongest untrained embedding of the same model on each task (without a "
+              "rationale, or with one pooled either way: whichever scores highest), then, pooled the same way as "
+              "the arm, what training changed.", "", *verdict(results)]
     lines += ["", "## In words", ""] + in_words(results)
     if results["not_run"]:
         lines += ["", f"Arms in the configuration that have not run yet: {', '.join(results['not_run'])}."]
