@@ -337,6 +337,17 @@ def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_s
     assert training_verdict(results)[:2] == lines  # the demo says the same, then generative retention
     assert "held-out perplexity 18.00 after training against 17.50 before" in training_verdict(results)[2]
 
+    # The strongest base's per-item scores lost (an archived arm): still named the strongest, never replaced by the
+    # strongest of those that can be paired, and no interval is made up.
+    record = json.loads((arms / "base_prompt_only/result.json").read_text())
+    (arms / "base_prompt_only/result.json").write_text(json.dumps({**record, "units_lost": "machine replaced"}))
+    (arms / "base_prompt_only/units.npz").unlink()
+    unpaired = collect_results(config, tmp_path / "run")["arms"]["grace"]["tasks"]["WikiDescriptionRetrieval"]
+    assert unpaired["vs_best_base"] == {"arm": "base_prompt_only", "not_paired": "its per-item scores were lost"}
+    assert verdict(collect_results(config, tmp_path / "run"))[0] == (
+        "- grace on WikiDescriptionRetrieval: 60.0 against 60.0 for the base model without a rationale, the strongest "
+        "untrained embedding (base_prompt_only); not paired: its per-item scores were lost.")
+
 
 def test_archived_arms_rebuild_the_same_results_and_lost_units_are_never_paired(tmp_path):
     config = load_config(write_config(tmp_path, (

@@ -204,31 +204,44 @@ def pooled_the_same_way(results: dict, arm: dict) -> str | None:
                  and other["rationale"] == arm["rationale"] and other["pooling_span"] == arm["pooling_span"]), None)
 
 
+def unpaired_best_base(results: dict, task: str) -> dict | None:
+    """For an arm whose own per-item scores were lost: the strongest base arm on `task`, by score alone."""
+    scored = [name for name, arm in results["arms"].items() if arm["kind"] == "base" and task in arm["tasks"]]
+    if not scored:
+        return None
+    best = max(scored, key=lambda name: results["arms"][name]["tasks"][task]["score"])
+    return {"arm": best, "not_paired": "this arm's per-item scores were lost"}
+
+
 def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
     """Plain words per trained arm and task: better, no better or worse than the strongest untrained embedding of
-    the model on that task (which one it is, named), then, when that is not the base embedded the same way, how far
-    training moved the embedding pooled the same way (the mechanism)."""
+    the model on that task (which one it is, named; by score alone where per-item scores were lost), then, when that
+    is not the base embedded the same way, how far training moved the embedding pooled the same way (the
+    mechanism)."""
     arms, lines = results["arms"], []
     for name in arm_names or [n for n, arm in arms.items() if arm["kind"] != "base"]:
         arm = arms[name]
         same_way = pooled_the_same_way(results, arm)
         for task, values in arm["tasks"].items():
-            best = values.get(BEST_BASE)
+            best = values.get(BEST_BASE) or unpaired_best_base(results, task)
             if best is None:
-                lines.append(f"- {name} on {task}: {values['score']:.1f}, not paired with a base model (per-item "
-                             "scores lost)." if "units_lost" in arm else
-                             f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")
+                lines.append(f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")
                 continue
             base = arms[best["arm"]]
-            if best["ci_low"] > 0:
-                outcome = f"better than the strongest untrained embedding, {describe_base(base)}"
-            elif best["ci_high"] < 0:
-                outcome = f"worse than {describe_base(base)}, the strongest untrained embedding"
+            if "not_paired" in best:
+                lines.append(f"- {name} on {task}: {values['score']:.1f} against {base['tasks'][task]['score']:.1f} "
+                             f"for {describe_base(base)}, the strongest untrained embedding ({best['arm']}); not "
+                             f"paired: {best['not_paired']}.")
             else:
-                outcome = f"no better than {describe_base(base)}, the strongest untrained embedding"
-            lines.append(f"- {name} on {task}: {outcome} ({best['arm']}): {values['score']:.1f} against "
-                         f"{base['tasks'][task]['score']:.1f} ({values['metric']}, paired difference "
-                         f"{_interval(best)}, n = {values['n']}).")
+                if best["ci_low"] > 0:
+                    outcome = f"better than the strongest untrained embedding, {describe_base(base)}"
+                elif best["ci_high"] < 0:
+                    outcome = f"worse than {describe_base(base)}, the strongest untrained embedding"
+                else:
+                    outcome = f"no better than {describe_base(base)}, the strongest untrained embedding"
+                lines.append(f"- {name} on {task}: {outcome} ({best['arm']}): {values['score']:.1f} against "
+                             f"{base['tasks'][task]['score']:.1f} ({values['metric']}, paired difference "
+                             f"{_interval(best)}, n = {values['n']}).")
             if same_way not in (None, best["arm"]) and f"vs_{same_way}" in values:
                 lines.append(f"  Pooled the same way ({describe_base(arms[same_way])}, {same_way}), training moved "
                              f"it by {_interval(values[f'vs_{same_way}'])}: "
