@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
+# No .pyc compilation at install: Python compiles what it imports, on first import (half the install time).
+INSTALL := $(PY) -m pip --disable-pip-version-check install -q --no-compile
 STAMP := $(VENV)/.grace-installed
 
 .PHONY: install lint test demo study grpo-rm
@@ -12,10 +13,10 @@ install: $(STAMP)
 
 $(STAMP): requirements/cpu.txt requirements/constraints-cpu.txt requirements/assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements/cpu.txt -c requirements/constraints-cpu.txt
-	$(PIP) install -q --no-deps -r requirements/assets.txt
-	$(PIP) install -q --no-deps -e .
+	$(INSTALL) torch==2.13.0
+	$(INSTALL) -r requirements/cpu.txt -c requirements/constraints-cpu.txt
+	$(INSTALL) --no-deps -r requirements/assets.txt
+	$(INSTALL) --no-deps -e .
 	touch $(STAMP)
 
 # ruff's checks (pyproject.toml) before any test: a lint error fails CI as a failing test does.
@@ -23,9 +24,10 @@ lint: install
 	$(PY) -m ruff check .
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-# Two workers, one per core; each test file runs on one worker (the end-to-end runs of a file share fixtures).
+# Two workers, one per core, each taking the next test as it frees up (tests marked with one xdist_group share a
+# worker: the two that need the packaged SmolLM2 convert it once).
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile; status=$$?; \
+	$(PY) -m pytest -n 2 --dist loadgroup; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
 # The whole pipeline on the CPU with the packaged SmolLM2 and Wikipedia data; report in demo_out/.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,20 @@ PROMPT_WIDTH, RESPONSE_WIDTH = 12, 6
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A port no one listens on now (tests on another worker of `pytest -n` may hold a fixed one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def single_process_group():
     """verl's actor reads its rank at construction: a one-process gloo group for the test."""
     if dist.is_initialized():
         yield
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         yield
     finally:

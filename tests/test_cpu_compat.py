@@ -24,9 +24,11 @@ def test_patches_are_applied_on_a_cpu():
         from transformers import AutoConfig
         assert verl.utils.device.get_nccl_backend() == "gloo" == workers.get_nccl_backend()
         assert torch.distributed.init_process_group._grace_gloo
-        import os
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29541")
-        torch.distributed.init_process_group("cpu:gloo,cpu:gloo", rank=0, world_size=1)  # verl's, positional
+        import socket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        torch.distributed.init_process_group("cpu:gloo,cpu:gloo", f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         assert torch.distributed.get_backend() == "gloo"
         torch.distributed.destroy_process_group()
         assert torch.cpu.memory_allocated() == 0 and torch.cpu.mem_get_info()[1] > 0

@@ -69,6 +69,7 @@ def test_presets_set_defaults_and_explicit_flags_win():
         parse_arguments(["--preset", "nope"])
 
 
+@pytest.mark.xdist_group("smollm2")  # one conversion of the packaged model per worker
 def test_packaged_smollm2_converts_to_a_working_chat_model(smollm2_path):
     folder = smollm2_path
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -151,6 +151,7 @@ def test_encoder_generates_in_length_chunks_and_keeps_finished_chunks(tiny_model
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("smollm2")  # one conversion of the packaged model per worker
 def test_packaged_smollm2_rationales_match_one_prompt_at_a_time(smollm2_path):
     folder = smollm2_path
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
