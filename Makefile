@@ -24,10 +24,10 @@ lint: install
 	$(PY) -m ruff check .
 
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-# Two workers, one per core, each taking the next test as it frees up (tests marked with one xdist_group share a
-# worker: the two that need the packaged SmolLM2 convert it once).
+# Two workers, one per core, each taking the next test file as it frees up (the files with end-to-end runs first:
+# tests/conftest.py); the 15 slowest tests are listed at the end.
 test: lint
-	$(PY) -m pytest -n 2 --dist loadgroup; status=$$?; \
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$status
 
 # The whole pipeline on the CPU with the packaged SmolLM2 and Wikipedia data; report in demo_out/.

@@ -3,12 +3,9 @@
 import json
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grace.data.assets import smollm2_hf_folder
 from grace.demo import main as demo_main
 from grace.demo import parse_arguments
-from grace.prompts import chat_prompt_ids
 from grace.verl_ext.cpu_compat import resolve_cpu_dtype
 
 pytestmark = pytest.mark.slow
@@ -16,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "demo_out"
-    assert demo_main(["--out", str(out), "--model", str(tiny_model_path), "--steps", "3", "--eval_size", "6",
+    assert demo_main(["--out", str(out), "--model", str(tiny_model_path), "--steps", "2", "--eval_size", "6",
                       "--rationale_length", "4", "--response_length", "8", "--max_prompt", "320",
                       "--train_triples", "40", "--val_every", "1", "--val_size", "4"]) == 0
     report = (out / "report.md").read_text()
@@ -24,13 +21,13 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
                     "- grace on WikiDescriptionRetrieval: ", "the strongest untrained embedding (base_",
                     "(accuracy@1, paired difference", "n = 6).", "- grace on LeeSTS: ", "held-out perplexity",
                     "nats per token", "| grace | ", "- grace vs base_rationale_response on LeeSTS: ",
-                    "## Validation reward", "at 4 points: step 0:", "## Reward over the steps",
+                    "## Validation reward", "at 3 points: step 0:", "## Reward over the steps",
                     "Slope of the total reward",
                     f"| compute_dtype | {resolve_cpu_dtype('auto')} (auto: this CPU's fast dtype) |",
                     "group std | flat | entropy",
                     "## The same text, before and after training", "## Wall time", "of which grace: training"):
         assert section in report, section
-    steps = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 3 |")]
+    steps = [line for line in report.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(steps) == 2
     results = json.loads((out / "results.json").read_text())
     # the quick preset pools the rationale alone: the table compares with the base model pooled that way
@@ -38,7 +35,7 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
     assert results["not_run"] == []
     assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "base_rationale_response", "grace"]
     trained = results["arms"]["grace"]
-    assert trained["settings"]["steps"] == 3 and trained["validation_reward"]["at_steps"] == [0, 1, 2, 3]
+    assert trained["settings"]["steps"] == 2 and trained["validation_reward"]["at_steps"] == [0, 1, 2]
     retrieval = trained["tasks"]["WikiDescriptionRetrieval"]
     same_way = retrieval["vs_base_rationale_response"]
     assert retrieval["n"] == 6 and same_way["ci_low"] <= same_way["diff"] <= same_way["ci_high"]
@@ -52,7 +49,7 @@ def test_reduced_demo_writes_report_results_and_plots(tiny_model_path, tmp_path,
     assert printed[-3:] == [f"report: {out / 'report.md'}", f"results: {out / 'results.json'}",
                             f"reward curve: {out / 'reward_curve.png'}"]
     step_lines = [line.strip() for line in printed if line.strip().startswith("[grace] step ")]
-    assert [line.split(" | ")[0] for line in step_lines] == [f"[grace] step {k}/3" for k in range(4)]
+    assert [line.split(" | ")[0] for line in step_lines] == [f"[grace] step {k}/2" for k in range(3)]
     assert "validation reward" in step_lines[0] and "min left" in step_lines[-1] and "flat groups" in step_lines[-1]
     with pytest.raises(SystemExit, match="not empty"):
         demo_main(["--out", str(out), "--model", str(tiny_model_path)])
@@ -67,19 +64,3 @@ def test_presets_set_defaults_and_explicit_flags_win():
     assert parse_arguments(["--preset", "full", "--steps", "7"]).steps == 7
     with pytest.raises(SystemExit):
         parse_arguments(["--preset", "nope"])
-
-
-@pytest.mark.xdist_group("smollm2")  # one conversion of the packaged model per worker
-def test_packaged_smollm2_converts_to_a_working_chat_model(smollm2_path):
-    folder = smollm2_path
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert tokenizer("Hello")["input_ids"] == tokenizer("Hello", add_special_tokens=False)["input_ids"]  # no BOS
-    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    assert model.generation_config.eos_token_id == [2, 0]
-    ids = chat_prompt_ids(tokenizer, "What is the capital of France? Answer in one word.", system_prompt="")
-    import torch
-
-    output = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
-    assert "Paris" in tokenizer.decode(output[0, len(ids):])
-    assert smollm2_hf_folder(folder) == folder  # cached: a second call converts nothing

@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import grace.encoder
 import grace.generation
-from grace.data.assets import load_wiki_articles
 from grace.encoder import GraceEncoder
 from grace.generation import (
     ContinuousBatchGenerator,
@@ -20,7 +19,6 @@ from grace.generation import (
     choose_tokens,
     default_slots,
 )
-from grace.prompts import chat_prompt_ids
 
 NEW_TOKENS = 40
 
@@ -148,22 +146,6 @@ def test_encoder_generates_in_length_chunks_and_keeps_finished_chunks(tiny_model
     encoder.generator.calls = 5  # no further failure
     rationales = encoder.cached_rationale_ids(texts, [encoder.prompt_ids(t) for t in texts], False)
     assert rationales == [[len(encoder.prompt_ids(t)), 2] for t in texts]  # the caller's order
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("smollm2")  # one conversion of the packaged model per worker
-def test_packaged_smollm2_rationales_match_one_prompt_at_a_time(smollm2_path):
-    folder = smollm2_path
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    articles = load_wiki_articles()[1::1500][:6]
-    texts = [a["description"] or a["title"] for a in articles[:3]] + [a["extract"] for a in articles[3:]]
-    prompts = [chat_prompt_ids(tokenizer, text, 1024) for text in texts]
-    eos = model.generation_config.eos_token_id
-    expected = one_at_a_time(model, prompts, 48, eos)
-    got = ContinuousBatchGenerator(model, eos, tokenizer.pad_token_id, slots=4).generate(
-        prompts, GenerationSettings(max_new_tokens=48))
-    assert got == expected
 
 
 def test_top_k_keeps_the_k_most_likely_then_the_nucleus_of_those():
