@@ -21,6 +21,10 @@ def pytest_configure(config):
     # workers of `pytest -n` share their controller's (a folder inside it would make Ray's socket paths too long).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         config.grace_temp, config.grace_temp_owned = os.environ["TMPDIR"], False
+        # One thread per worker and per process it starts (Ray workers, training subprocesses): two workers with
+        # two OpenMP threads each oversubscribe two cores, and spinning threads then slowed some tests six-fold.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     else:
         config.grace_temp, config.grace_temp_owned = tempfile.mkdtemp(prefix="grace-tests-"), True
     os.environ["TMPDIR"] = config.grace_temp
