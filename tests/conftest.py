@@ -32,13 +32,6 @@ def pytest_configure(config):
     config.grace_repo_files = repository_changes()
 
 
-def pytest_collection_modifyitems(items):
-    # The files with end-to-end runs first (their order kept): `pytest -n 2 --dist loadfile` hands files out in this
-    # order, so both workers start on the longest and the short files fill in at the end.
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 def repository_changes() -> set[str] | None:
     """Modified and untracked (not ignored) paths of the checkout, or None outside a git checkout."""
     done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True,

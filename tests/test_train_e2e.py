@@ -141,26 +141,45 @@ def test_reference_train_sh_overrides_are_accepted(script, mode):
     assert f"data/{mode}_filtered_overlong/train.parquet" in done.stdout
 
 
-def test_two_ranks_give_the_rollouts_and_rewards_of_one(chaotic_model_path, tmp_path):
-    """verl's real data flow over 2 FSDP2 ranks (gloo): with greedy rollouts and rationales every reward is a function
-    of the prompts, so one step at 1 rank (continuous batching) and at 2 ranks (`model.generate` on each) gives every
-    row the same response and score, and the logged grace/total is the whole batch's mean (verl's score mean), not
-    one rank's. The model's outputs depend on every position, so frozen positions at 2 ranks would show."""
+def greedy_rollouts_one_prompt_at_a_time(config, model_path: Path) -> dict[str, str]:
+    """{prompt text: response text} as verl's rollout file writes them (special tokens skipped), for every training
+    prompt of GRACE's dataset, generated greedily one prompt at a time by `generate` (positions from the mask)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grace.verl_ext.dataset import GraceRLDataset
+    from tests.test_generation import one_at_a_time
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    dataset = GraceRLDataset(config.data.train_files, tokenizer, config.data)
+    eos = model.generation_config.eos_token_id
+    expected = {}
+    for row in dataset:
+        prompt = row["input_ids"][row["attention_mask"].bool()].tolist()
+        (response,) = one_at_a_time(model, [prompt], config.data.max_response_length, eos)
+        expected[tokenizer.decode(prompt, skip_special_tokens=True)] = tokenizer.decode(response,
+                                                                                        skip_special_tokens=True)
+    return expected
+
+
+def test_two_ranks_give_the_rollouts_of_one_prompt_at_a_time(chaotic_model_path, tmp_path):
+    """verl's real data flow over 2 FSDP2 ranks (gloo), `model.generate` on each rank: greedy rollouts equal to one
+    prompt at a time (the model's outputs depend on every position, so frozen positions would show), and the logged
+    grace/total is the whole batch's mean (verl's score mean), not one rank's. That the rewards do not depend on the
+    world size is tests/test_world_sizes.py's, through verl's own dispatch and collect."""
     data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8)
-    scores = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks_{ranks}"
-        run_grace(compose_config(tiny_overrides(data, chaotic_model_path, out, steps=1) + GRACE_OVERRIDES + [
-            "+data.train_mode=supervised", f"trainer.n_gpus_per_node={ranks}", "trainer.save_freq=-1",
-            f"ray_init.num_cpus={ranks + 1}",  # Ray's logical CPUs: the task runner and one per rank
-            "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.do_sample=False",
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-            "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",  # HF rollout under FSDP2, 2 ranks
-            "+reward_model.reward_kwargs.rationale_temperature=0", "+trainer.cpu_dtype=float32"]))
-        (step,) = read_metrics(out)
-        assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
-        with open(out / "rollouts/1.jsonl", encoding="utf-8") as f:
-            scores[ranks] = sorted((row["input"], row["output"], row["score"]) for row in map(json.loads, f))
-    assert len({row[1] for row in scores[1]}) == 4  # each prompt its own response: the model sees its context
-    assert [row[:2] for row in scores[1]] == [row[:2] for row in scores[2]] and len(scores[1]) == 4
-    assert [row[2] for row in scores[2]] == pytest.approx([row[2] for row in scores[1]], abs=1e-4)
+    config = compose_config(tiny_overrides(data, chaotic_model_path, tmp_path, steps=1) + GRACE_OVERRIDES + [
+        "+data.train_mode=supervised", "trainer.n_gpus_per_node=2", "trainer.save_freq=-1",
+        "ray_init.num_cpus=3",  # Ray's logical CPUs: the task runner and one per rank
+        "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.rollout.do_sample=False",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",  # HF rollout under FSDP2, 2 ranks
+        "+reward_model.reward_kwargs.rationale_temperature=0", "+trainer.cpu_dtype=float32"])
+    expected = greedy_rollouts_one_prompt_at_a_time(config, chaotic_model_path)
+    assert len(set(expected.values())) == len(expected) == 8  # each prompt its own response: the model sees context
+    run_grace(config)
+    (step,) = read_metrics(tmp_path)
+    assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
+    with open(tmp_path / "rollouts/1.jsonl", encoding="utf-8") as f:
+        rollouts = [json.loads(line) for line in f]
+    assert len(rollouts) == 4 and all(row["output"] == expected[row["input"]] for row in rollouts)

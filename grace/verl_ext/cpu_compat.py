@@ -210,4 +210,6 @@ def init_ray(num_cpus: int | None, num_gpus: int) -> None:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         del os.environ["CUDA_VISIBLE_DEVICES"]
     runtime_env["worker_process_setup_hook"] = f"{__name__}.apply"
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=runtime_env)
+    # No dashboard on a CPU machine: its processes take seconds of the two cores at every start, for a page no one
+    # opens during a local run.
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=runtime_env, include_dashboard=False)
