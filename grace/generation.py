@@ -197,7 +197,7 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def compute_dtype(model) -> torch.dtype:
+def key_value_dtype(model) -> torch.dtype:
     """The dtype the model's keys and values come out in: the autocast's when one is on (verl's rollouts run under a
     bf16 autocast while FSDP keeps float32 parameters), else its parameters'."""
     device_type = model.device.type
@@ -213,7 +213,7 @@ def default_slots(model, capacity: int, prefill_tokens: int) -> int:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(compute_dtype(model)).bits // 8
+    per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(key_value_dtype(model)).bits // 8
     budget = MEMORY_BUDGET_BYTES
     if model.device.type == "cuda":
         budget = torch.cuda.mem_get_info(model.device)[0] // 2
