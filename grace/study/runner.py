@@ -4,7 +4,8 @@ bootstrap intervals.
 Layout of OUT/<name>/ (OUT defaults to study_out):
     config.yaml                the study's configuration, as run
     data/                      the shared training data (`grace.training_run.prepare_data`)
-    rationales.sqlite          rationales of every evaluation, keyed by model and generation settings
+    rationales.sqlite          rationales of every evaluation, keyed by model, generation settings, backend, dtype
+                               and device
     arms/<arm>/                training output (checkpoints, metrics.jsonl, logs, trained_model/) and
                                result.json + units.npz once the arm is evaluated
     results.json, report.md, validation_reward.png, scores.png
@@ -30,7 +31,6 @@ from grace.study.archive import archive_finished_arms, restore_arms
 from grace.study.config import StudyConfig
 from grace.study.heldout import STATISTICS, HeldOutEvaluation
 from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap
-from grace.training_run import TrainingSettings
 
 BEST_BASE = "vs_best_base"  # a trained arm's task key: paired with the strongest untrained embedding
 GRACE_SAVE_EVERY = 4  # checkpoint interval of GRACE arms, so that an interrupted arm loses at most this many steps
@@ -44,10 +44,10 @@ def prepare_data(config: StudyConfig, model: Path, study_dir: Path) -> Path:
     return training_run.prepare_data(config.data, study_dir / "data", model)
 
 
-def grace_settings(arm) -> TrainingSettings:
+def grace_settings(arm) -> training_run.TrainingSettings:
     """A GRACE arm's training settings: the defaults, the arm's settings (validated: never the study's own), its
     pooling span, and a checkpoint every GRACE_SAVE_EVERY steps unless it sets another interval."""
-    settings = TrainingSettings(**{**arm.settings, "pooling_span": arm.pooling_span})
+    settings = training_run.TrainingSettings(**{**arm.settings, "pooling_span": arm.pooling_span})
     settings.save_every = settings.save_every or GRACE_SAVE_EVERY
     return settings
 
