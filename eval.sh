@@ -2,6 +2,7 @@
 # Score the latest GRACE checkpoint on MTEB: merge it (latest global_step_*/actor under CHECKPOINT_DIR), then
 # evaluate every task in one run and write timing_results_<date>.txt with per-task times.
 #   TASKS=all (56 tasks) | subset (the reference's 9) | "STS16 SciFact ..." ; SKIP_MERGE=1 to evaluate MERGED_DIR as is.
+#   MTEB_DATA_DIR=folder: read the named STS and classification tasks from local files (eval_mteb.py --data_folder).
 # Needs the GPU flavour for vLLM generation; on a CPU the HF generator is used.
 set -euo pipefail
 
@@ -28,6 +29,11 @@ BATCH_SIZE=${BATCH_SIZE:-16}
 TASKS=${TASKS:-all}
 SKIP_MERGE=${SKIP_MERGE:-0}
 EVAL_ARGS=${EVAL_ARGS:-}
+MTEB_DATA_DIR=${MTEB_DATA_DIR:-}
+DATA_ARGS=()
+if [ -n "$MTEB_DATA_DIR" ]; then
+    DATA_ARGS=(--data_folder "$MTEB_DATA_DIR")
+fi
 
 RETRIEVAL_TASKS=(ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER DBPedia NQ FEVER
                  HotpotQA MSMARCO QuoraRetrieval TRECCOVID Touche2020)
@@ -64,7 +70,7 @@ start=$(date +%s)
 # shellcheck disable=SC2086  # EVAL_ARGS holds several flags
 "$PYTHON" eval_mteb.py --model_path "$MERGED_DIR" --tasks "${TASK_LIST[@]}" --output_dir "$OUTPUT_DIR" \
     --batch_size "$BATCH_SIZE" --input_max_length "$INPUT_MAX_LENGTH" --thinking_max_length "$THINKING_MAX_LENGTH" \
-    --pooling_method "$POOLING_METHOD" --model_name "$MODEL_NAME" $EVAL_ARGS
+    --pooling_method "$POOLING_METHOD" --model_name "$MODEL_NAME" "${DATA_ARGS[@]}" $EVAL_ARGS
 end=$(date +%s)
 
 log="$OUTPUT_DIR/timing_results_$(date +%Y%m%d_%H%M%S).txt"

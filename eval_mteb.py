@@ -3,6 +3,7 @@
     python eval_mteb.py --model_path merge_models/ --benchmark "MTEB(eng, v1)" --output_dir results
     python eval_mteb.py --model_path merge_models/ --tasks local            # offline tasks, CPU-friendly
     python eval_mteb.py --model_path merge_models/ --tasks STS16 --compare other/summary.json
+    python eval_mteb.py --model_path merge_models/ --tasks STS12 STS16 Banking77Classification --data_folder DIR
 
 Writes the mteb results folder (OUTPUT_DIR/mteb), summary.json and summary.md (main scores, the seven category
 averages, two overall averages with their rule, per-task wall time). Rationales are cached in OUTPUT_DIR (or
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rationale_cache", type=Path, default=None,
                         help="SQLite rationale cache (default: OUTPUT_DIR/rationales.sqlite)")
     parser.add_argument("--local_size", type=int, default=None, help="cap documents / queries of the local tasks")
+    parser.add_argument("--data_folder", type=Path, default=None,
+                        help="read the named STS and classification tasks from DATA_FOLDER/<task>/<split>.jsonl "
+                             "(no dataset hub; scored by mteb's own evaluators; see grace/evaluation/offline_data.py)")
     parser.add_argument("--baseline_model", default=None,
                         help="also score this sentence-transformers model (folder) on the same tasks")
     parser.add_argument("--compare", type=Path, default=None, help="another run's summary.json to show side by side")
@@ -92,8 +96,8 @@ def main(argv=None) -> int:
     languages = None if args.languages == ["all"] else args.languages
     tasks_named = args.tasks or ([] if args.benchmark else ["STS16"])
     try:
-        tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size)
-    except ValueError as error:
+        tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, args.data_folder)
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     other = json.loads(args.compare.read_text()) if args.compare else None
@@ -110,8 +114,8 @@ def main(argv=None) -> int:
         from sentence_transformers import SentenceTransformer
 
         baseline = SentenceTransformer(args.baseline_model)
-        baseline_rows = evaluate_tasks(baseline, resolve_tasks(tasks_named, args.benchmark, languages, args.local_size),
-                                       args.output_dir / "mteb")
+        baseline_tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, args.data_folder)
+        baseline_rows = evaluate_tasks(baseline, baseline_tasks, args.output_dir / "mteb")
         baseline_name = "/".join(Path(args.baseline_model).resolve().parts[-2:])
         baseline_summary = summarize(baseline_rows, f"baseline/{baseline_name}",
                                      {"model_path": args.baseline_model})

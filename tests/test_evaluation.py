@@ -138,3 +138,69 @@ def test_local_task_sizes():
     assert len(sts.dataset["default"]["test"]) == 45  # 10 documents, every pair
     assert len(retrieval.dataset["default"]["test"]["queries"]) == 10
     assert len(set(clustering.dataset["default"]["test"]["labels"])) > 3
+
+
+# ---------------------------------------------------------------- MTEB tasks from a data folder
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def tiny_mteb_folder(folder):
+    """Tiny copies of two real MTEB tasks in the data folder's layout: STS12 (12 scored pairs) and
+    Banking77Classification (3 intents, 4 training and 2 test texts each)."""
+    words = ["river", "bank", "loan", "card", "stone", "music", "train", "cloud", "paper", "glass", "salt", "wind"]
+    write_jsonl(folder / "STS12/test.jsonl", [
+        {"sentence1": f"the {w} is near", "sentence2": f"a {words[(i * 5) % 12]} far away", "score": (i * 7) % 6,
+         "source": "made up"} for i, w in enumerate(words)])
+    intents = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
+    for split, count in (("train", 4), ("test", 2)):
+        write_jsonl(folder / f"Banking77Classification/{split}.jsonl", [
+            {"text": f"{intent} question {split} {k}", "label": label}
+            for label, intent in enumerate(intents) for k in range(count)])
+    return folder
+
+
+def test_mteb_scores_offline_tasks_as_an_independent_computation_does(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    model = FixedEncoder()
+    rows = {r["task"]: r for r in evaluate_tasks(model, resolve_tasks(["STS12", "Banking77Classification"],
+                                                                        data_folder=folder), results_folder=None)}
+    sts = [json.loads(line) for line in (folder / "STS12/test.jsonl").read_text().splitlines()]
+    cosines = [cosine(model.vector(r["sentence1"]), model.vector(r["sentence2"])) for r in sts]
+    assert rows["STS12"]["score"] == pytest.approx(100 * spearmanr(cosines, [r["score"] for r in sts]).statistic,
+                                                   abs=1e-3)
+    # mteb's protocol: logistic regressions on up to 8 training texts per label (here all 4), accuracy on test
+    train, test = ([json.loads(line) for line in (folder / f"Banking77Classification/{split}.jsonl").read_text()
+                    .splitlines()] for split in ("train", "test"))
+    classifier = LogisticRegression(max_iter=100).fit([model.vector(r["text"]) for r in train],
+                                                      [r["label"] for r in train])
+    accuracy = classifier.score([model.vector(r["text"]) for r in test], [r["label"] for r in test])
+    assert rows["Banking77Classification"]["score"] == pytest.approx(100 * accuracy, abs=1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "STS12/test.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{oops\n'),
+     r"STS12/test.jsonl:2: not a JSON object"),
+    (lambda f: (f / "STS12/test.jsonl").write_text('{"sentence1": "a", "score": 1}\n'),
+     r"STS12/test.jsonl:1: missing field\(s\) sentence2"),
+    (lambda f: (f / "Banking77Classification/train.jsonl").unlink(), r"Banking77Classification/train.jsonl: missing"),
+    (lambda f: (f / "STS12/test.jsonl").write_text("\n"), r"STS12/test.jsonl: no rows"),
+])
+def test_a_bad_data_folder_fails_with_the_file_and_line(tmp_path, damage, message):
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    damage(folder)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        resolve_tasks(["STS12", "Banking77Classification"], data_folder=folder)
+
+
+def test_a_task_missing_from_the_data_folder_or_of_another_kind_is_named(tmp_path, capsys):
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    with pytest.raises(FileNotFoundError, match="no folder for task STS16"):
+        resolve_tasks(["STS16"], data_folder=folder)
+    with pytest.raises(ValueError, match="SciFact: Retrieval tasks cannot be read from a data folder"):
+        resolve_tasks(["SciFact"], data_folder=folder)
+    assert eval_mteb.main(["--model_path", str(tmp_path), "--tasks", "STS16", "--data_folder", str(folder)]) == 1
+    assert "no folder for task STS16" in capsys.readouterr().err

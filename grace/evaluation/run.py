@@ -20,6 +20,7 @@ from pathlib import Path
 import mteb
 
 from grace.evaluation.local_tasks import LOCAL_TASK_CLASSES, local_tasks
+from grace.evaluation.offline_data import attach_offline_data
 
 GRACE_TASK_SETS = {
     "subset": ["Banking77Classification", "EmotionClassification", "MedrxivClusteringS2S", "TwitterSemEval2015",
@@ -38,8 +39,9 @@ EXTRA_METRICS = {"Retrieval": "hit_rate_at_1"}
 
 
 def resolve_tasks(names: list[str] | None = None, benchmark: str | None = None, languages: list[str] | None = ("eng",),
-                  local_size: int | None = None) -> list:
-    """mteb task objects for the given names and/or named set; raises ValueError naming unknown tasks."""
+                  local_size: int | None = None, data_folder: Path | None = None) -> list:
+    """mteb task objects for the given names and/or named set; raises ValueError naming unknown tasks. With a
+    `data_folder`, every mteb task reads its data from there (`grace.evaluation.offline_data`) instead of a hub."""
     names = list(names or [])
     tasks = []
     if benchmark in GRACE_TASK_SETS:
@@ -66,6 +68,8 @@ def resolve_tasks(names: list[str] | None = None, benchmark: str | None = None, 
     if remote:
         tasks += list(mteb.get_tasks(tasks=remote, languages=list(languages) if languages else None,
                                      exclusive_language_filter=bool(languages)))
+    if data_folder is not None:
+        tasks = [attach_offline_data(task, data_folder) for task in tasks]
     if local:
         tasks += local_tasks(local, size=local_size)
     if not tasks:
