@@ -79,15 +79,12 @@ def chaotic_model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def chaotic_model(tiny_model_path):
+def chaotic_model(chaotic_model_path):
     """The tiny Qwen2 with larger random weights: its greedy continuations change with every token of context
     (the default initialisation repeats one token), so a wrong position or mask shows in the output."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(tiny_model_path)
-    config.initializer_range = 0.3
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return AutoModelForCausalLM.from_pretrained(chaotic_model_path).eval()
 
 
 @pytest.fixture(scope="session")

@@ -204,18 +204,9 @@ def pooled_the_same_way(results: dict, arm: dict) -> str | None:
                  and other["rationale"] == arm["rationale"] and other["pooling_span"] == arm["pooling_span"]), None)
 
 
-def unpaired_best_base(results: dict, task: str) -> dict | None:
-    """For an arm whose own per-item scores were lost: the strongest base arm on `task`, by score alone."""
-    scored = [name for name, arm in results["arms"].items() if arm["kind"] == "base" and task in arm["tasks"]]
-    if not scored:
-        return None
-    best = max(scored, key=lambda name: results["arms"][name]["tasks"][task]["score"])
-    return {"arm": best, "not_paired": "this arm's per-item scores were lost"}
-
-
 def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
     """Plain words per trained arm and task: better, no better or worse than the strongest untrained embedding of
-    the model on that task (which one it is, named; by score alone where per-item scores were lost), then, when that
+    the model on that task (which one it is, named; unpaired where per-item scores were lost), then, when that
     is not the base embedded the same way, how far training moved the embedding pooled the same way (the
     mechanism)."""
     arms, lines = results["arms"], []
@@ -223,7 +214,7 @@ def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
         arm = arms[name]
         same_way = pooled_the_same_way(results, arm)
         for task, values in arm["tasks"].items():
-            best = values.get(BEST_BASE) or unpaired_best_base(results, task)
+            best = values.get(BEST_BASE)
             if best is None:
                 lines.append(f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")
                 continue

@@ -163,12 +163,11 @@ def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray] | 
 def collect_results(config: StudyConfig, study_dir: Path) -> dict:
     """results.json: every finished arm, its scores with error bars, and paired intervals against `compare_to` (the
     study's, and the arm's own where it names one); a trained arm is also paired, per task, with the strongest
-    untrained embedding of the model on that task (`vs_best_base`, which names that base arm; `not_paired` when
-    that arm's per-item scores were lost). An arm whose per-item scores were lost keeps the intervals it was
-    recorded with, and no arm is paired with it."""
+    untrained embedding of the model on that task (`vs_best_base`, which names that base arm; `not_paired`, with
+    the point scores only, when either's per-item scores were lost). An arm whose per-item scores were lost keeps
+    the intervals it was recorded with, and no arm is paired with it."""
     loaded = {arm.name: load_arm(study_dir, arm.name) for arm in config.arms}
     resamples, arms = config.evaluation.bootstrap_resamples, {}
-    bases = [arm.name for arm in config.arms if arm.kind == "base" and loaded[arm.name] is not None]
     for arm in config.arms:
         entry = loaded[arm.name]
         if entry is None:
@@ -186,14 +185,25 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
             for reference in references:
                 values[f"vs_{reference}"] = paired_bootstrap(units[task], loaded[reference][1][task], statistic,
                                                              resamples, config.seed)
-            scored = [name for name in bases if task in loaded[name][0]["tasks"]]
-            if arm.kind != "base" and scored:
-                best = max(scored, key=lambda name: loaded[name][0]["tasks"][task]["score"])
-                best_units = loaded[best][1]
-                values[BEST_BASE] = ({"arm": best, "not_paired": "its per-item scores were lost"} if best_units is None
-                                     else {"arm": best, **paired_bootstrap(units[task], best_units[task], statistic,
-                                                                           resamples, config.seed)})
         arms[arm.name] = record
+    bases = [arm.name for arm in config.arms if arm.kind == "base" and arm.name in arms]
+    for arm in config.arms:
+        if arm.kind == "base" or arm.name not in arms:
+            continue
+        units = loaded[arm.name][1]
+        for task, values in arms[arm.name]["tasks"].items():
+            scored = [name for name in bases if task in arms[name]["tasks"]]
+            if not scored:
+                continue
+            best = max(scored, key=lambda name: arms[name]["tasks"][task]["score"])
+            best_units = loaded[best][1]
+            if units is None or best_units is None:
+                lost = "this arm's" if units is None else "its"
+                values[BEST_BASE] = {"arm": best, "not_paired": f"{lost} per-item scores were lost"}
+            else:
+                values[BEST_BASE] = {"arm": best, **paired_bootstrap(units[task], best_units[task],
+                                                                     STATISTICS[values["metric"]], resamples,
+                                                                     config.seed)}
     return {"study": config.name, "compare_to": config.compare_to, "arms": arms,
             "not_run": [arm.name for arm in config.arms if loaded[arm.name] is None]}
 
