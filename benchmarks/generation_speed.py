@@ -19,12 +19,12 @@ rarely stop early, so rationales run to the maximum length).
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine_rates import matmul_rate, memory_bandwidth, timed  # noqa: E402
 from grace.data.assets import smollm2_hf_folder  # noqa: E402
 from grace.encoder import GraceEncoder, left_pad  # noqa: E402
 from grace.evaluation.local_tasks import retrieval_articles  # noqa: E402
@@ -39,35 +39,6 @@ def device_name(device: torch.device) -> str:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     return f"{model}, {torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}"
-
-
-def timed(function, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    result = function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - started
-
-
-def memory_bandwidth(device: torch.device, megabytes: int = 512) -> float:
-    """Bytes/s of a large tensor copy (read + write), best of 10."""
-    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    target.copy_(source)
-    best = min(timed(lambda: target.copy_(source), device)[1] for _ in range(10))
-    return 2 * source.numel() / best
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, hidden: int, intermediate: int) -> float:
-    """FLOP/s of a [512 x hidden] x [hidden x intermediate] product (an MLP projection over a prefill), best of
-    20 (this machine's peak for the model's shapes; shared machines vary from run to run)."""
-    a = torch.randn(512, hidden, device=device, dtype=dtype)
-    b = torch.randn(hidden, intermediate, device=device, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b, device)[1] for _ in range(20))
-    return 2 * 512 * hidden * intermediate / best
 
 
 def load(model_name: str, device: torch.device, dtype: torch.dtype):

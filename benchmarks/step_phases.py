@@ -1,59 +1,156 @@
-"""Where a demo-shaped GRACE training step spends its time, phase by phase, checkpoints included.
+"""A demo-shaped GRACE training step phase by phase, checkpoints included, against this CPU's floor.
 
     .venv/bin/python benchmarks/step_phases.py                      # 6 steps, a checkpoint every 2
     .venv/bin/python benchmarks/step_phases.py --steps 10 --save_every 4
 
 Trains the packaged SmolLM2-135M-Instruct with the search's learning setting (rationale pooled alone, lr 1e-5, 4
 prompts x 4 rollouts, 48-token responses, no validation) through `grace.training_run`, exactly as a study arm does,
-and prints verl's per-phase timings: generation, reward (the query / negative rationales and the embedding pass),
-old log-probs, update, and the checkpoint on the steps that save one, with the checkpoint's share of the run.
-Simplification: no floor yet (issue 35 asks for each phase against the CPU's measured matmul rate and memory
-bandwidth); the first step is left out of the means (warm-up).
+and prints each phase's seconds (mean over the steps after the first, a warm-up) beside its floor: the time the
+phase's work needs at this machine's matrix-product rate in the run's dtype and its copy bandwidth, both measured in
+this run (`benchmarks/machine_rates.py`), with the work counted from the step's own token counts:
+- generation: 2 FLOPs per weight and token (prompt and generated tokens; the LM head for generated tokens only),
+  or the weights read once per decode step, whichever takes longer;
+- reward: the same for the query and negative rationales, plus the embedding pass (no LM head);
+- old log-probs: one forward over every token; update: three (forward and backward) plus AdamW's two optimizer steps
+  reading parameter, gradient and both moments and writing three of them in float32;
+- checkpoint: its bytes at this disk's measured write rate (with fsync).
+Simplification: attention's own FLOPs, normalisation and activations are left out of the floor (a few percent of
+the products at these lengths), so the floor is a little low, never high.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine_rates import matmul_rate, memory_bandwidth  # noqa: E402
 from grace.data.assets import smollm2_hf_folder  # noqa: E402
 from grace.study.report import machine_description  # noqa: E402
 from grace.training_run import DataConfig, TrainingSettings, device, prepare_data, train  # noqa: E402
+from grace.verl_ext.cpu_compat import resolve_cpu_dtype  # noqa: E402
 
-PHASES = ["gen", "reward", "old_log_prob", "update_actor", "save_checkpoint", "step"]
+PHASES = ["gen", "reward", "old_log_prob", "update_actor"]
+ADAM_BYTES_PER_PARAMETER = 7 * 4  # float32 reads of parameter, gradient, two moments; writes of three
+
+
+def disk_write_rate(folder: Path, megabytes: int = 512) -> float:
+    """Bytes/s of writing a file and syncing it to disk, best of 3."""
+    data = os.urandom(megabytes * 2**20)
+    best = float("inf")
+    for _ in range(3):
+        path = folder / "write-rate.bin"
+        started = time.perf_counter()
+        with open(path, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        best = min(best, time.perf_counter() - started)
+        path.unlink()
+    return len(data) / best
+
+
+class Floor:
+    """Seconds a phase's work needs at this machine's measured rates."""
+
+    def __init__(self, model_folder: Path, dtype: torch.dtype, out: Path):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_folder)
+        with torch.device("meta"):  # shapes only
+            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        self.head = config.vocab_size * config.hidden_size  # the LM head's product
+        embeddings = self.head * (1 if config.tie_word_embeddings else 2)  # a lookup, and the head's own count
+        self.body = parameters - embeddings  # the layers' products
+        self.parameters = parameters
+        self.weight_bytes = parameters * torch.finfo(dtype).bits // 8
+        cpu = torch.device("cpu")
+        self.flops = matmul_rate(cpu, dtype, config.hidden_size, config.intermediate_size)
+        self.bandwidth = memory_bandwidth(cpu)
+        self.disk = disk_write_rate(out)
+
+    def forward(self, tokens: float, logits: float) -> float:
+        return 2 * (self.body * tokens + self.head * logits) / self.flops
+
+    def generation(self, prompt_tokens: float, generated: float, decode_steps: float) -> float:
+        weights_reads = decode_steps * self.weight_bytes / self.bandwidth
+        return max(self.forward(prompt_tokens + generated, generated), weights_reads)
+
+    def phases(self, m: dict, rows: int, optimizer_steps: int) -> dict[str, float]:
+        prompt, response = m["prompt_length/mean"] * rows, m["response_length/mean"] * rows
+        rationales = m["grace/work/rationale_tokens"]
+        rationale_rows = 2 * rows // m["rollouts"]  # a query and a negative rationale per group
+        return {
+            "gen": self.generation(prompt, response, m["response_length/max"]),
+            "reward": self.generation(m["grace/work/rationale_prompt_tokens"], rationales,
+                                      rationales / rationale_rows) + self.forward(m["grace/work/embedded_tokens"], 0),
+            "old_log_prob": self.forward(prompt + response, response),
+            "update_actor": 3 * self.forward(prompt + response, response)
+            + optimizer_steps * ADAM_BYTES_PER_PARAMETER * self.parameters / self.bandwidth,
+        }
+
+
+def checkpoint_bytes(run: Path) -> int:
+    latest = (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip()
+    folder = run / "checkpoints" / f"global_step_{latest}"
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="training steps (the first is warm-up)")
     parser.add_argument("--save_every", type=int, default=2, help="checkpoint every N steps")
+    parser.add_argument("--cpu_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the run's dtype on a CPU (auto: bf16 where the CPU has native bf16)")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2: the first step is warm-up")
+    if device() != "cpu":
+        raise SystemExit("the floor is a CPU's: run this benchmark on a machine without a GPU")
     out = args.out or Path(tempfile.mkdtemp(prefix="grace-step-phases-"))
+    out.mkdir(parents=True, exist_ok=True)
     model = smollm2_hf_folder()
     data = prepare_data(DataConfig(), out / "data", model)
     settings = TrainingSettings(steps=args.steps, save_every=args.save_every, val_every=0, pooling_span="response",
-                                lr=1e-5)
+                                lr=1e-5, cpu_dtype=args.cpu_dtype)
     started = time.perf_counter()
-    metrics = train(settings, DataConfig().max_prompt, data, model, out / "run", device())
+    metrics = train(settings, DataConfig().max_prompt, data, model, out / "run", "cpu")
     wall = time.perf_counter() - started
-    steps = [m for m in metrics if "timing_s/step" in m][1:]
+
+    dtype = getattr(torch, resolve_cpu_dtype(args.cpu_dtype))
+    floor = Floor(model, dtype, out)
+    rows = settings.prompts * settings.rollouts
+    steps = [{**m, "rollouts": settings.rollouts} for m in metrics if "timing_s/step" in m][1:]
+    floors = [floor.phases(m, rows, optimizer_steps=2) for m in steps]  # mini-batches of half the prompts
     print(f"\nmachine: {machine_description()}")
-    print(f"{len(steps)} steps after warm-up; seconds per phase (mean over the steps that ran it, min-max):")
+    print(f"run dtype {dtype}; measured: matmul {floor.flops / 1e9:.0f} GFLOP/s, copy {floor.bandwidth / 1e9:.1f} "
+          f"GB/s, disk write {floor.disk / 1e9:.2f} GB/s")
+    print(f"{len(steps)} steps after warm-up; seconds per phase, mean (min-max), its floor and measured/floor:")
+    measured_total = floor_total = 0.0
     for phase in PHASES:
-        values = [m[f"timing_s/{phase}"] for m in steps if f"timing_s/{phase}" in m]
-        if values:
-            print(f"  {phase:16s} {statistics.mean(values):6.2f}  ({min(values):.2f}-{max(values):.2f}, "
-                  f"{len(values)} steps)")
-    saves = sum(m.get("timing_s/save_checkpoint", 0.0) for m in steps)
-    total = sum(m["timing_s/step"] for m in steps)
-    print(f"checkpoints: {saves:.1f} s of {total:.1f} s of steps ({100 * saves / total:.1f}%); "
-          f"wall time of the run, start-up included: {wall:.0f} s")
+        values = [m[f"timing_s/{phase}"] for m in steps]
+        phase_floor = statistics.mean(f[phase] for f in floors)
+        measured_total, floor_total = measured_total + statistics.mean(values), floor_total + phase_floor
+        print(f"  {phase:14s} {statistics.mean(values):6.2f}  ({min(values):.2f}-{max(values):.2f})  floor "
+              f"{phase_floor:5.2f}  x{statistics.mean(values) / phase_floor:.1f}")
+    print(f"  {'these phases':14s} {measured_total:6.2f}  floor {floor_total:5.2f}  "
+          f"x{measured_total / floor_total:.1f}")
+    whole = statistics.mean(m["timing_s/step"] - m.get("timing_s/save_checkpoint", 0) for m in steps)
+    print(f"  {'whole step':14s} {whole:6.2f}  (checkpoints left out; beyond the phases: verl's bookkeeping)  "
+          f"x{whole / floor_total:.1f} of the floor")
+    saves = [m["timing_s/save_checkpoint"] for m in steps if "timing_s/save_checkpoint" in m]
+    if saves:
+        size = checkpoint_bytes(out / "run")
+        total = sum(m["timing_s/step"] for m in steps)
+        print(f"checkpoint: {statistics.mean(saves):.2f} s per save ({len(saves)} saves), {size / 1e9:.2f} GB, "
+              f"floor {size / floor.disk:.2f} s; {100 * sum(saves) / total:.1f}% of {total:.0f} s of steps")
+    print(f"wall time of the run, start-up included: {wall:.0f} s")
     return 0
 
 

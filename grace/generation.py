@@ -10,7 +10,8 @@ the weights' products. `ContinuousBatchGenerator` instead:
   its slot (continuous batching), so no step is spent on finished rows while prompts wait;
 - writes keys and values in place into preallocated per-layer buffers (`SlotKVCache`) and attends to a window of
   them, never concatenating; the window slides left (one copy) when the buffers fill up;
-- attends with SDPA's grouped-query mode, which reads each key/value head where it lies;
+- attends with SDPA's grouped-query mode, which reads each key/value head where it lies (a decode step in bf16 on a
+  CPU with two grouped products instead: SDPA's CPU kernel is slow there);
 - chooses the number of slots from a memory budget when the caller does not.
 
 Each row attends exactly its own tokens (an explicit 4-D mask) at its own positions, so it gets the sequence it would
@@ -96,9 +97,28 @@ def grouped_query_sdpa(module, query, key, value, attention_mask, scaling=None, 
     if needs:
         raise UnsupportedModelError(f"{model_name(module.config)}: its attention needs {' and '.join(needs)}, which "
                                     "GRACE's continuous-batching generator does not implement")
-    output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                            enable_gqa=key.shape[1] != query.shape[1])
+    on_cpu = query.device.type == "cpu"
+    dtype = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
+    if query.shape[2] == 1 and on_cpu and dtype != torch.float32:
+        output = single_query_attention(query, key, value, attention_mask, scaling)
+    else:
+        output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                                enable_gqa=key.shape[1] != query.shape[1])
     return output.transpose(1, 2).contiguous(), None
+
+
+def single_query_attention(query, key, value, attention_mask, scaling=None):
+    """A decode step's attention as two grouped products and a float32 softmax: query [B, H, 1, D] against keys and
+    values [B, KV, L, D], H a multiple of KV (query head h reads key/value head h // (H / KV)), boolean mask
+    [B, 1, 1, L] (True: attend). On a CPU, SDPA's bf16 kernel takes 7-12x longer for one query than these products
+    (benchmarks/generation_speed.py); in float32 the two are as fast, so float32 stays on SDPA."""
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * (dim**-0.5 if scaling is None else scaling)
+    scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).to(value.dtype)
+    return torch.matmul(weights, value).reshape(batch, heads, 1, dim)
 
 
 AttentionInterface.register(ATTENTION, grouped_query_sdpa)
@@ -197,13 +217,13 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def key_value_dtype(model) -> torch.dtype:
-    """The dtype the model's keys and values come out in: the autocast's when one is on (verl's rollouts run under a
-    bf16 autocast while FSDP keeps float32 parameters), else its parameters'."""
+def key_value_bytes(model) -> int:
+    """Bytes of one key plus one value number in the buffers. Under an autocast (verl's rollouts: bf16 autocast,
+    float32 parameters) values come out in the autocast's dtype but keys in the parameters' (rotary embeddings,
+    computed in the parameters' dtype, promote them), so both dtypes count."""
     device_type = model.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return model.dtype
+    autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else model.dtype
+    return (torch.finfo(model.dtype).bits + torch.finfo(autocast).bits) // 8
 
 
 def default_slots(model, capacity: int, prefill_tokens: int) -> int:
@@ -213,7 +233,7 @@ def default_slots(model, capacity: int, prefill_tokens: int) -> int:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(key_value_dtype(model)).bits // 8
+    per_position = config.num_hidden_layers * kv_heads * head_dim * key_value_bytes(model)
     budget = MEMORY_BUDGET_BYTES
     if model.device.type == "cuda":
         budget = torch.cuda.mem_get_info(model.device)[0] // 2

@@ -67,9 +67,12 @@ class TrainingSettings:
     val_every: int = _setting(4, "validation reward on the fixed validation prompts every N steps and before training "
                                  "(0: off)")
     save_every: int = _setting(0, "checkpoint every N steps (0: at the end only)")
+    save_minutes: float = _setting(0.0, "skip a checkpoint while the last one is younger than M minutes (the last "
+                                        "step always saves; 0: off): with --save_every 1, one about every M minutes")
     cpu_dtype: str = _setting("auto", "compute dtype of CPU training; auto: bfloat16 only where the CPU runs it "
                                       "natively", choices=["auto", "float32", "bfloat16"])
     n_gpus: int = _setting(1, "GPUs (or CPU placeholder ranks) for training")
+    seed: int = _setting(0, "training seed: the order in which the training prompts are drawn")
 
 
 def add_flags(parser, settings_class) -> None:
@@ -200,7 +203,7 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         f"data.train_files={data}/train.parquet", f"data.val_files={data}/test.parquet",
         f"data.train_batch_size={s.prompts}", f"data.max_prompt_length={max_prompt}",
         f"data.max_response_length={s.response_length}", "data.filter_overlong_prompts=False",
-        "data.truncation=error", "+data.train_mode=supervised", "+data.seed=0",
+        "data.truncation=error", "+data.train_mode=supervised", f"+data.seed={s.seed}",
         f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.use_remove_padding=False",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
         "actor_rollout_ref.actor.strategy=fsdp2", f"actor_rollout_ref.actor.optim.lr={s.lr}",
@@ -217,6 +220,7 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         "+reward_model.reward_kwargs.enable_length_penalty=False",
         "trainer.logger=['console']", f"trainer.n_gpus_per_node={s.n_gpus}", "trainer.nnodes=1",
         f"trainer.total_training_steps={s.steps}", f"trainer.save_freq={s.save_every or s.steps}",
+        f"+trainer.save_minutes={s.save_minutes}",
         "trainer.max_actor_ckpt_to_keep=1", f"trainer.test_freq={s.val_every if s.val_every > 0 else -1}",
         f"trainer.val_before_train={s.val_every > 0}", f"trainer.default_local_dir={out}/checkpoints",
         f"+trainer.cpu_dtype={s.cpu_dtype}",

@@ -13,6 +13,7 @@ import eval_mteb
 from grace.evaluation.local_tasks import LeeSTS, WikiDescriptionRetrieval, local_tasks
 from grace.evaluation.run import evaluate_tasks, resolve_tasks
 from grace.generation import ContinuousBatchGenerator
+from tests.mteb_files import tiny_mteb_folder, write_jsonl
 
 
 class FixedEncoder(AbsEncoder):
@@ -141,26 +142,6 @@ def test_local_task_sizes():
 
 
 # ---------------------------------------------------------------- MTEB tasks from a data folder
-def write_jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def tiny_mteb_folder(folder):
-    """Tiny copies of two real MTEB tasks in the data folder's layout: STS12 (12 scored pairs) and
-    Banking77Classification (3 intents, 4 training and 2 test texts each)."""
-    words = ["river", "bank", "loan", "card", "stone", "music", "train", "cloud", "paper", "glass", "salt", "wind"]
-    write_jsonl(folder / "STS12/test.jsonl", [
-        {"sentence1": f"the {w} is near", "sentence2": f"a {words[(i * 5) % 12]} far away", "score": (i * 7) % 6,
-         "source": "made up"} for i, w in enumerate(words)])
-    intents = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
-    for split, count in (("train", 4), ("test", 2)):
-        write_jsonl(folder / f"Banking77Classification/{split}.jsonl", [
-            {"text": f"{intent} question {split} {k}", "label": label}
-            for label, intent in enumerate(intents) for k in range(count)])
-    return folder
-
-
 def test_mteb_scores_offline_tasks_as_an_independent_computation_does(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
@@ -179,6 +160,43 @@ def test_mteb_scores_offline_tasks_as_an_independent_computation_does(tmp_path):
                                                       [r["label"] for r in train])
     accuracy = classifier.score([model.vector(r["text"]) for r in test], [r["label"] for r in test])
     assert rows["Banking77Classification"]["score"] == pytest.approx(100 * accuracy, abs=1e-6)
+
+
+class UnitEncoder(FixedEncoder):
+    """FixedEncoder's vectors scaled to unit length, as the study's embeddings are."""
+
+    def vector(self, text):
+        vector = super().vector(text)
+        return vector / np.linalg.norm(vector)
+
+
+def test_the_studys_per_item_scores_are_mtebs_on_the_same_rows(tmp_path):
+    from grace.study.heldout import STATISTICS
+    from grace.study.mteb_offline import mteb_offline_items, part_rows
+
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    items = mteb_offline_items(folder, {"STS12": 6, "Banking77Classification": 3}, "test")
+    sts, intents = items["STS12"], items["Banking77Classification"]
+    assert len(sts.first) == 6 and len(intents.item_texts) == 3 and len(intents.train_texts) == 12  # 4 per intent
+    # the same rows as a data folder of their own, scored by mteb
+    part = tmp_path / "part"
+    write_jsonl(part / "STS12/test.jsonl", [{"sentence1": a, "sentence2": b, "score": float(g)}
+                                            for a, b, g in zip(sts.first, sts.second, sts.gold)])
+    for split, texts, labels in (("train", intents.train_texts, intents.train_labels),
+                                 ("test", intents.item_texts, intents.item_labels)):
+        write_jsonl(part / f"Banking77Classification/{split}.jsonl",
+                    [{"text": t, "label": label} for t, label in zip(texts, labels)])
+    model = UnitEncoder()
+    rows = {r["task"]: r for r in evaluate_tasks(model, resolve_tasks(["STS12", "Banking77Classification"],
+                                                                        data_folder=part), results_folder=None)}
+    assert STATISTICS["cosine_spearman"](sts.units(model.vector)) == pytest.approx(rows["STS12"]["score"], abs=1e-3)
+    assert STATISTICS["accuracy"](intents.units(model.vector)) == pytest.approx(
+        rows["Banking77Classification"]["score"], abs=1e-6)
+    # the written rule: disjoint parts, the same rows every time
+    test, dev = part_rows(12, 6, "test"), part_rows(12, 6, "dev")
+    assert sorted([*test, *dev]) == list(range(12)) and list(test) == list(part_rows(12, 6, "test"))
+    with pytest.raises(ValueError, match="7 test and 7 dev items asked for, but the file has 12 rows"):
+        part_rows(12, 7, "test")
 
 
 @pytest.mark.parametrize("damage, message", [

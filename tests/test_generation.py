@@ -18,6 +18,7 @@ from grace.generation import (
     UnsupportedModelError,
     choose_tokens,
     default_slots,
+    grouped_query_sdpa,
 )
 
 NEW_TOKENS = 40
@@ -163,14 +164,43 @@ def test_top_k_keeps_the_k_most_likely_then_the_nucleus_of_those():
         GenerationSettings(do_sample=True, top_k=-1)
 
 
+def test_a_bf16_decode_step_attends_as_float64_does(chaotic_model):
+    # 8 query heads reading 2 key/value heads (head h reads h // 4), a window of 37 keys, some masked per row
+    torch.manual_seed(0)
+    query, key, value = torch.randn(3, 8, 1, 16), torch.randn(3, 2, 37, 16), torch.randn(3, 2, 37, 16)
+    mask = torch.rand(3, 1, 1, 37) > 0.3
+    mask[..., -1] = True
+    expected = torch.zeros(3, 8, 16, dtype=torch.float64)
+    for row in range(3):
+        for head in range(8):
+            keys, values = key[row, head // 4].double(), value[row, head // 4].double()
+            scores = keys @ query[row, head, 0].double() / 4
+            scores[~mask[row, 0, 0]] = float("-inf")
+            expected[row, head] = torch.softmax(scores, 0) @ values
+
+    def attend(dtype, autocast):
+        q, k, v = (t.to(dtype) for t in (query, key, value))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return grouped_query_sdpa(chaotic_model, q, k, v, mask)[0][:, 0].double()
+
+    for dtype, autocast in ((torch.bfloat16, False), (torch.float32, True)):  # bf16 weights; verl's autocast
+        assert (attend(dtype, autocast) - expected).abs().max() < 0.02  # bf16 inputs: 2^-8 relative rounding
+    assert (attend(torch.float32, False) - expected).abs().max() < 1e-5
+
+
 def test_the_slot_budget_counts_the_dtype_the_buffers_hold_and_the_prefill(chaotic_model, monkeypatch):
     # the tiny Qwen2: 2 layers x 2 key/value heads x head size 16, keys and values: 128 numbers per position
     monkeypatch.setattr(grace.generation, "MEMORY_BUDGET_BYTES", 4 * 128 * (8192 + 5 * 1000))
     assert chaotic_model.dtype == torch.float32
     assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == 5  # float32: exactly 5 fit
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # verl's rollouts: float32 parameters, bf16 keys and values
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # verl's rollouts: float32 parameters, bf16 autocast
+        # what the buffers hold: rotated keys in float32, values in bf16
+        cache = SlotKVCache(slots=1, capacity=8)
+        chaotic_model(input_ids=torch.tensor([[1, 2, 3]]), past_key_values=cache, use_cache=True)
+        assert {cache.key_buffers[0].dtype, cache.value_buffers[0].dtype} == {torch.float32, torch.bfloat16}
+        assert cache.key_buffers[0].dtype == torch.float32
         assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == (
-            (4 * 128 * 13192 - 2 * 128 * 8192) // (2 * 128 * 1000))  # 18: twice the float32 room, less the prefill
+            (4 * 128 * 13192 - 3 * 128 * 8192) // (3 * 128 * 1000))  # 9: 6 bytes a key and value, less the prefill
     monkeypatch.setattr(grace.generation, "MEMORY_BUDGET_BYTES", 4 * 128 * 8192)  # the prefill takes it all
     assert default_slots(chaotic_model, capacity=1000, prefill_tokens=8192) == 1
 

@@ -27,7 +27,7 @@ from grace.study.drift import rationale_kl
 from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
 from grace.study.perplexity import perplexity
 from grace.study.runner import collect_results
-from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, trend_verdict
+from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, resample_units, trend_verdict
 from tests.training import write_tiny_dataset
 
 
@@ -70,6 +70,32 @@ def test_spearman_bootstrap_resamples_pairs_as_rows():
     assert result["ci_low"] > 150
 
 
+def test_seeds_are_resampled_with_the_items():
+    hits = (np.random.default_rng(0).random(300) < 0.6).astype(float)
+    # two training seeds 0.25 above and below the reference on every item: the score is their mean, and the
+    # interval spans the seed-to-seed spread (a replicate draws both seeds from one run with probability 1/2)
+    result = paired_bootstrap([hits + 0.25, hits - 0.25], hits, resamples=400)
+    assert result["diff"] == pytest.approx(0) and result["n"] == 300
+    assert result["ci_low"] == pytest.approx(-0.25) and result["ci_high"] == pytest.approx(0.25)
+    low, high = bootstrap_interval([hits + 1, hits])  # seeds 1 apart: the interval spans them
+    assert low < hits.mean() + 0.05 and high > hits.mean() + 0.95
+    with pytest.raises(ValueError, match="same units"):
+        paired_bootstrap([hits, hits[:-1]], hits)
+
+
+def test_pairs_are_resampled_by_their_documents():
+    documents = np.array([(i, j) for i in range(6) for j in range(i + 1, 6)])  # 15 pairs of 6 documents
+    for seed in range(20):
+        drawn = np.random.default_rng(seed).integers(0, 6, size=6)  # what resample_units draws first
+        expected = sorted(tuple(sorted((drawn[p], drawn[q]))) for p in range(6) for q in range(p + 1, 6)
+                          if drawn[p] != drawn[q])  # every pair of drawn documents, by position
+        kept = resample_units(np.random.default_rng(seed), 15, documents)
+        assert sorted(tuple(documents[k]) for k in kept) == expected
+    units = np.random.default_rng(1).random((15, 2))
+    with pytest.raises(ValueError, match=r"documents must be \[units, 2\]"):
+        bootstrap_interval(units, spearman_of_units, documents=documents[:-1])
+
+
 # ---------------------------------------------------------------------------------------------- held-out scores
 def test_retrieval_per_query_by_hand():
     queries = np.eye(3, dtype=np.float32)
@@ -100,6 +126,42 @@ def test_held_out_scores_equal_mteb_on_the_same_items(tiny_model_path):
             assert scores["WikiDescriptionRetrieval"].extra["ndcg_at_10"] == pytest.approx(
                 100 * result.get_score(), abs=1e-3)
     assert scores["WikiDescriptionRetrieval"].n == 12
+
+
+def test_dev_and_test_parts_are_disjoint_held_out_and_unambiguous(tmp_path):
+    from collections import Counter
+
+    from grace.data.assets import load_wiki_articles
+    from grace.data.demo import split_articles
+    from grace.evaluation.local_tasks import description_retrieval_items
+    from tests.mteb_files import tiny_mteb_folder
+
+    articles = load_wiki_articles()
+    training, test = split_articles(articles, "test")
+    _, dev = split_articles(articles, "dev")
+    assert test == articles[::20] and dev == articles[10::20]  # the written rule; test: every earlier study's
+    assert len(training) + len(test) + len(dev) == len(articles)
+    assert not {id(a) for a in training} & {id(a) for a in test + dev}
+    descriptions = Counter((a.get("description") or "").strip() for a in articles)
+    queries = {}
+    for part in ("test", "dev"):
+        queries[part], documents = description_retrieval_items(None, part)
+        assert len(queries[part]) >= 400 and len(documents) == len(queries[part])
+        assert all(descriptions[q] == 1 for q in queries[part])  # no generic or duplicate description
+    assert "Family of birds" not in queries["test"] and not set(queries["test"]) & set(queries["dev"])
+    with pytest.raises(ValueError, match="part must be one of"):
+        split_articles(articles, "train")
+
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    items = {"STS12": 6, "Banking77Classification": 3}
+    embed = lambda texts: np.eye(len(texts), dtype=np.float32)  # noqa: E731  (every text its own direction)
+    dev_tasks = HeldOutEvaluation("dev", 20, mteb_folder=folder, mteb_items=items).evaluate(embed)
+    test_tasks = HeldOutEvaluation("test", 20, mteb_folder=folder, mteb_items=items).evaluate(embed)
+    assert set(dev_tasks) == {"WikiDescriptionRetrieval", "STS12", "Banking77Classification"}  # Lee: test only
+    assert set(test_tasks) == set(dev_tasks) | {"LeeSTS"}
+    assert test_tasks["LeeSTS"].documents.shape == (1225, 2) and test_tasks["STS12"].units.shape == (6, 2)
+    with pytest.raises(ValueError, match="need a data folder"):
+        HeldOutEvaluation("test", 20, mteb_items=items)
 
 
 def test_perplexity_equals_the_models_own_loss(tiny_model_path):
@@ -178,7 +240,7 @@ def test_diversity_cli_reads_the_studys_cached_rationales(tiny_model_path, tmp_p
     # exactly these (all texts but one get the same rationale).
     cache = tmp_path / "rationales.sqlite"
     settings = EncoderSettings(generation=GenerationSettings(max_new_tokens=4))
-    texts = HeldOutEvaluation(3, 2).texts()
+    texts = HeldOutEvaluation("test", 3, 2).texts()
     planted = {text: [11, 12, 13] for text in texts[1:]} | {texts[0]: [9, 9, 9, 9, 9, 9, 9]}
     encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", settings=settings)  # as the CLI loads it
     RationaleCache(cache, encoder_namespace(tiny_model_path, encoder)).put_many(planted)
@@ -259,7 +321,8 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
     arms = ("arms:\n  - {name: base_rationale, kind: base}\n"
             "  - {name: g, kind: grace, pooling_span: response, settings: {steps: 3, lr: 0.001}}\n")
     config = load_config(write_config(tmp_path, "name: s\n" + arms))
-    assert config.arm("g").settings == {"steps": 3, "lr": 0.001} and config.evaluation.retrieval_queries == 400
+    assert config.arm("g").settings == {"steps": 3, "lr": 0.001} and config.evaluation.retrieval_queries is None
+    assert config.evaluation.part == "test" and config.arm("g").runs() == [("g", None)]
     mistakes = {
         "name: s\nunknown: 1\n" + arms: "unknown key",
         "name: s\narms:\n  - {name: a, kind: magic}\ncompare_to: a\n": "kind must be one of",
@@ -275,10 +338,20 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
         "name: s\narms:\n  - {name: base_rationale, kind: base, rationale: false, pooling_span: response}\n":
             "needs rationale",
         "name: s\nevaluation: {queries: 3}\n" + arms: "evaluation: unknown key",
+        "name: s\nevaluation: {part: train}\n" + arms: "part must be 'test' or 'dev'",
+        "name: s\nevaluation: {mteb_items: {STS99: 5}}\n" + arms: r"unknown task\(s\) \['STS99'\]",
+        "name: s\narms:\n  - {name: base_rationale, kind: base, seeds: [0, 1]}\n": "takes no seeds",
+        "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: g, kind: grace, seeds: [1, 1]}\n":
+            "distinct integers",
+        "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: g, kind: grace, settings: {seed: 1}}\n":
+            "as the arm's `seeds`",
     }
     for text, message in mistakes.items():
         with pytest.raises(ValueError, match=message):
             load_config(write_config(tmp_path, text))
+    seeded = load_config(write_config(tmp_path, "name: s\n" + arms
+                                      + "  - {name: c, kind: contrastive, seeds: [3, 5]}\n"))
+    assert seeded.arm("c").runs() == [("c@seed3", 3), ("c@seed5", 5)]
 
 
 def test_committed_study_configs_load():
@@ -297,6 +370,66 @@ def write_finished_arm(arms_dir, name, hits, **record):
     (arm_dir / "result.json").write_text(json.dumps({"kind": "base", "tasks": {"WikiDescriptionRetrieval": task},
                                                      **record}))
     return arm_dir
+
+
+def write_run(arms_dir, name, units: dict, **record):
+    """An evaluated run with several tasks: `units` task -> per-item units (hits or (cosine, gold) rows)."""
+    from grace.study.heldout import STATISTICS
+
+    metrics = {"WikiDescriptionRetrieval": "accuracy@1", "STS12": "cosine_spearman",
+               "Banking77Classification": "accuracy"}
+    arm_dir = arms_dir / name
+    arm_dir.mkdir(parents=True)
+    np.savez(arm_dir / "units.npz", **{task: np.asarray(u, dtype=float) for task, u in units.items()})
+    tasks = {task: {"metric": metrics[task], "score": STATISTICS[metrics[task]](np.asarray(u, dtype=float)),
+                    "n": len(u)} for task, u in units.items()}
+    (arm_dir / "result.json").write_text(json.dumps({"kind": "base", "rationale": True, "pooling_span": "response",
+                                                     "perplexity": 20.0, "eval_seconds": 1.0, "tasks": tasks,
+                                                     **record}))
+
+
+def test_seeded_arms_score_the_mean_of_their_runs_and_mteb_offline_is_the_mean_of_its_tasks(tmp_path):
+    from grace.study.heldout import MTEB_AVERAGE
+    from grace.study.report import comparisons_made, results_table
+
+    config = load_config(write_config(tmp_path, (
+        "name: s\nprimary: grace vs base_rationale on MTEB-offline\nevaluation: {bootstrap_resamples: 300, "
+        "mteb_folder: unused, mteb_items: {STS12: 30, Banking77Classification: 40}}\narms:\n"
+        "  - {name: base_rationale, kind: base}\n  - {name: grace, kind: grace, seeds: [0, 1]}\n")))
+    rng = np.random.default_rng(0)
+    gold = rng.random(30)
+
+    def units(noise, accuracy):
+        return {"WikiDescriptionRetrieval": (rng.random(25) < accuracy).astype(float),
+                "STS12": np.stack([gold + noise * rng.normal(size=30), gold], axis=1),
+                "Banking77Classification": (rng.random(40) < accuracy).astype(float)}
+
+    arms = tmp_path / "run/arms"
+    write_run(arms, "base_rationale", units(0.5, 0.4))
+    write_run(arms, "grace@seed0", units(0.1, 0.8), kind="grace", seed=0, perplexity=21.0)
+    assert "grace" in collect_results(config, tmp_path / "run")["not_run"]  # one seed of two: not an arm yet
+    write_run(arms, "grace@seed1", units(0.3, 0.7), kind="grace", seed=1, perplexity=23.0)
+    results = collect_results(config, tmp_path / "run")
+    grace, base = results["arms"]["grace"], results["arms"]["base_rationale"]
+    runs = [json.loads((arms / f"grace@seed{s}/result.json").read_text())["tasks"] for s in (0, 1)]
+    for task, values in grace["tasks"].items():
+        if task != MTEB_AVERAGE:
+            assert values["score"] == pytest.approx((runs[0][task]["score"] + runs[1][task]["score"]) / 2)
+        assert values["score_ci"][0] <= values["score"] <= values["score_ci"][1]
+    assert grace["perplexity"] == 22.0 and grace["runs"]["grace@seed1"]["tasks"]["STS12"] == runs[1]["STS12"]["score"]
+    for arm in (grace, base):
+        average = arm["tasks"][MTEB_AVERAGE]
+        assert average["score"] == pytest.approx((arm["tasks"]["STS12"]["score"]
+                                                  + arm["tasks"]["Banking77Classification"]["score"]) / 2)
+        assert average["n"] == 2
+    paired = grace["tasks"][MTEB_AVERAGE]["vs_base_rationale"]
+    assert paired["diff"] == pytest.approx(grace["tasks"][MTEB_AVERAGE]["score"] - base["tasks"][MTEB_AVERAGE]["score"])
+    assert 0 < paired["ci_low"] < paired["diff"] < paired["ci_high"] and paired["n"] == 70
+    assert grace["tasks"][MTEB_AVERAGE]["vs_best_base"]["arm"] == "base_rationale"
+    assert comparisons_made(results)[0].startswith("Primary comparison (named in the configuration before the study "
+                                                   "ran): grace vs base_rationale on MTEB-offline")
+    assert "makes 8 paired comparisons" in comparisons_made(results)[1]  # 4 tasks x (study reference, best base)
+    assert any(line.startswith("| grace |") for line in results_table(results))
 
 
 def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_span_one(tmp_path):

@@ -1,5 +1,6 @@
 """`python -m grace.study` end to end on the tiny model: every arm kind, results.json in its schema, finished arms
-skipped on a re-run, an interrupted GRACE arm resumed from its checkpoint, a study rebuilt from its archive alone."""
+skipped on a re-run, an interrupted GRACE arm resumed from its checkpoint, a study rebuilt from its archive alone,
+a contrastive arm run with two seeds, MTEB-offline tasks from a (tiny) data folder."""
 
 import json
 import math
@@ -8,20 +9,24 @@ import pytest
 import yaml
 
 from grace.study.__main__ import main as study_main
+from tests.mteb_files import tiny_mteb_folder
 
 pytestmark = pytest.mark.slow
 
 
 def write_config(path, model, grace_steps):
+    mteb_folder = tiny_mteb_folder(path.parent / "mteb")
     path.write_text(yaml.safe_dump({
         "name": "tiny", "model": str(model), "compare_to": "base_rationale",
         "data": {"train_triples": 40, "max_chars": 200, "max_prompt": 320, "val_size": 4},
         "evaluation": {"retrieval_queries": 10, "lee_documents": 6, "perplexity_texts": 4, "rationale_length": 4,
-                       "batch_size": 8, "bootstrap_resamples": 200},
+                       "batch_size": 8, "bootstrap_resamples": 200, "mteb_folder": str(mteb_folder),
+                       "mteb_items": {"STS12": 6, "Banking77Classification": 3}},
         "arms": [{"name": "base_prompt_only", "kind": "base", "rationale": False},
                  {"name": "base_rationale", "kind": "base"},
                  {"name": "base_rationale_response", "kind": "base", "pooling_span": "response"},
-                 {"name": "contrastive", "kind": "contrastive", "rationale": False,
+                 {"name": "minilm", "kind": "sentence_transformer", "rationale": False},
+                 {"name": "contrastive", "kind": "contrastive", "rationale": False, "seeds": [0, 1],
                   "settings": {"examples": 8, "epochs": 1, "lr": 1e-3, "batch_size": 4}},
                  {"name": "grace", "kind": "grace", "pooling_span": "response",
                   "compare_to": ["base_rationale_response", "contrastive"],
@@ -35,12 +40,14 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     config = write_config(tmp_path / "study.yaml", tiny_model_path, grace_steps=2)
     assert study_main([str(config), "--out", str(out)]) == 0
     results = json.loads((out / "tiny/results.json").read_text())
-    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "base_rationale_response", "contrastive",
-                                     "grace"]
+    assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "base_rationale_response", "minilm",
+                                     "contrastive", "grace"]
     assert results["not_run"] == []
     for name, arm in results["arms"].items():
-        assert arm["wall_seconds"] > 0 and math.isfinite(arm["perplexity"])
-        assert set(arm["tasks"]) == {"WikiDescriptionRetrieval", "LeeSTS"}
+        assert arm["wall_seconds"] > 0 and (name == "minilm") == ("perplexity" not in arm)
+        assert name == "minilm" or math.isfinite(arm["perplexity"])
+        assert set(arm["tasks"]) == {"WikiDescriptionRetrieval", "LeeSTS", "STS12", "Banking77Classification",
+                                     "MTEB-offline"}
         for task in arm["tasks"].values():
             assert {"metric", "score", "n"} <= set(task)
             comparison = task.get("vs_base_rationale")
@@ -57,12 +64,17 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert grace["validation_reward"]["steps"] == 3 and grace["validation_reward"]["at_steps"] == [0, 1, 2]
     assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
     assert grace["kl_to_base"] > 0 and results["arms"]["contrastive"]["kl_to_base"] > 0  # both moved the model
+    contrastive = results["arms"]["contrastive"]
+    assert sorted(contrastive["runs"]) == ["contrastive@seed0", "contrastive@seed1"]
+    assert contrastive["tasks"]["STS12"]["score"] == pytest.approx(
+        sum(run["tasks"]["STS12"] for run in contrastive["runs"].values()) / 2)
     assert "kl_to_base" not in results["arms"]["base_rationale"]
     # Rationale diversity on every held-out text, for the arms that write a rationale only.
     with_diversity = {name for name, arm in results["arms"].items() if "rationale_diversity" in arm}
     assert with_diversity == {"base_rationale", "base_rationale_response", "grace"}
     # Every text the evaluation embeds: each retrieval query, its document and the 6 Lee documents.
-    assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6
+    # ... and the MTEB-offline texts: 6 STS12 pairs, Banking77's 12 training texts and 3 test texts
+    assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6 + 27
     assert 0 < grace["rationale_diversity"]["distinct_percent"] <= 100
     assert grace["settings"]["cpu_dtype"] == "auto"
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
@@ -82,7 +94,7 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     write_config(config, tiny_model_path, grace_steps=3)
     capsys.readouterr()
     assert study_main([str(config), "--out", str(out)]) == 0
-    assert "5 arms, 1 to run: grace" in capsys.readouterr().out
+    assert "6 arms, 1 to run: grace" in capsys.readouterr().out
     assert "global_step_2" in (grace_dir / "logs/train.log").read_text().split("Load from checkpoint folder")[-1]
     resumed = json.loads((out / "tiny/results.json").read_text())["arms"]["grace"]
     assert resumed["validation_reward"]["at_steps"] == [0, 1, 2, 3]
@@ -95,6 +107,6 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert sorted(p.name for p in (archive / "grace").iterdir()) == ["metrics.jsonl", "result.json", "units.npz"]
     capsys.readouterr()
     assert study_main([str(config), "--out", str(tmp_path / "new_machine"), "--archive", str(archive)]) == 0
-    assert "5 arms, 0 to run" in capsys.readouterr().out
+    assert "6 arms, 0 to run" in capsys.readouterr().out
     assert (json.loads((tmp_path / "new_machine/tiny/results.json").read_text())
             == json.loads((out / "tiny/results.json").read_text()))

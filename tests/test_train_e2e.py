@@ -80,8 +80,9 @@ def components(mode):
 
 def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=12)
+    # a checkpoint is due every step, but one younger than an hour is skipped: only the last step's is written
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=2) + GRACE_OVERRIDES
-                             + ["+data.train_mode=supervised"]))
+                             + ["+data.train_mode=supervised", "trainer.save_freq=1", "+trainer.save_minutes=60"]))
 
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [1, 2]
@@ -95,6 +96,7 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
         assert step["grace/total"] == pytest.approx(step["critic/score/mean"], abs=1e-5)
     assert any(m["actor/grad_norm"] > 0 for m in metrics)
     actor = tmp_path / "checkpoints/global_step_2/actor"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("global_step_*")) == ["global_step_2"]
     assert (tmp_path / "checkpoints/global_step_2/data.pt").exists()
     assert unchanged_parameters(tiny_model_path, actor) == []
     check_merged_checkpoint(tiny_model_path, tmp_path / "checkpoints", tmp_path / "merged")

@@ -33,15 +33,36 @@ def test_settings_are_flags_with_their_defaults_types_and_choices():
 
 def test_overrides_carry_every_setting():
     settings = TrainingSettings(steps=9, prompts=6, rollouts=3, lr=3e-5, temperature=0.7, variant="infonce",
-                                pooling_span="response", val_every=0, save_every=3, norm_adv_by_std=False)
+                                pooling_span="response", val_every=0, save_every=3, save_minutes=2.5,
+                                norm_adv_by_std=False)
     overrides = train_overrides(settings, 256, "DATA", "MODEL", "OUT", "cpu")
     for expected in ("trainer.total_training_steps=9", "data.train_batch_size=6", "actor_rollout_ref.rollout.n=3",
                      "actor_rollout_ref.actor.optim.lr=3e-05", "actor_rollout_ref.rollout.temperature=0.7",
                      "+reward_model.reward_kwargs.variant=infonce", "+reward_model.reward_kwargs.pooling_span=response",
                      "trainer.test_freq=-1", "trainer.val_before_train=False", "trainer.save_freq=3",
+                     "+trainer.save_minutes=2.5",
                      "algorithm.norm_adv_by_std_in_grpo=False", "data.max_prompt_length=256",
                      "actor_rollout_ref.actor.ppo_mini_batch_size=3", "ray_init.num_cpus=2"):
         assert expected in overrides, expected
+
+
+def test_a_study_arm_checkpoints_by_time_unless_it_sets_a_step_interval():
+    from grace.study.config import ArmConfig
+    from grace.study.runner import GRACE_SAVE_MINUTES, grace_settings
+
+    by_time = grace_settings(ArmConfig(name="grace", kind="grace", settings={"steps": 5}))
+    assert (by_time.save_every, by_time.save_minutes) == (1, GRACE_SAVE_MINUTES)
+    by_steps = grace_settings(ArmConfig(name="grace", kind="grace", settings={"steps": 5, "save_every": 2}))
+    assert (by_steps.save_every, by_steps.save_minutes) == (2, 0)
+
+
+def test_a_due_checkpoint_is_skipped_only_while_the_last_is_younger_than_the_interval():
+    from grace.verl_ext.trainer import checkpoint_skipped
+
+    assert checkpoint_skipped(10, seconds_since_last=599, last_step=False)
+    assert not checkpoint_skipped(10, seconds_since_last=600, last_step=False)
+    assert not checkpoint_skipped(10, seconds_since_last=5, last_step=True)  # the end always saves
+    assert not checkpoint_skipped(0, seconds_since_last=5, last_step=False)  # off: verl's save_freq alone
 
 
 def test_step_line_and_validation_curve():

@@ -21,14 +21,24 @@ from pathlib import Path
 from grace.data.assets import load_wiki_articles
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-# every 20th packaged article (by file position) is held out: ~490 retrieval queries for the study
+# Held out of training, by file position: every 20th packaged article is a test article (what studies report on),
+# and the articles halfway between them are dev articles (what choices of settings may look at): ~495 each.
 EVALUATION_STRIDE = 20
+HELD_OUT_PARTS = {0: "test", EVALUATION_STRIDE // 2: "dev"}  # position % stride -> part
 
 
-def split_articles(articles: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(training articles, held-out evaluation articles): the evaluation tasks never see training text."""
-    held_out = [a for i, a in enumerate(articles) if i % EVALUATION_STRIDE == 0]
-    return [a for i, a in enumerate(articles) if i % EVALUATION_STRIDE], held_out
+def held_out_part(position: int) -> str | None:
+    """"test", "dev" or None (a training article) for the article at this position of the packaged file."""
+    return HELD_OUT_PARTS.get(position % EVALUATION_STRIDE)
+
+
+def split_articles(articles: list[dict], part: str = "test") -> tuple[list[dict], list[dict]]:
+    """(training articles, held-out articles of `part`): the training articles exclude both parts, so no evaluation,
+    dev or test, sees training text."""
+    if part not in HELD_OUT_PARTS.values():
+        raise ValueError(f"part must be one of {sorted(HELD_OUT_PARTS.values())}, got {part!r}")
+    parts = [held_out_part(i) for i in range(len(articles))]
+    return ([a for a, p in zip(articles, parts) if p is None], [a for a, p in zip(articles, parts) if p == part])
 
 
 def leading_sentences(text: str, max_chars: int | None) -> str:

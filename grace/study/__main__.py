@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archive", type=Path, default=None,
                         help="committed folder of finished arms (grace/study/archive.py): arms found there are not "
                              "re-run, and each arm is copied there as it finishes")
+    parser.add_argument("--mteb_folder", type=Path, default=None,
+                        help="MTEB-offline data folder, instead of the configuration's evaluation.mteb_folder")
     return parser
 
 
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
         unknown = sorted(set(args.arms) - {arm.name for arm in config.arms})
         if unknown:
             raise SystemExit(f"--arms: {unknown} not in {args.config}")
+    if args.mteb_folder is not None:
+        config.evaluation.mteb_folder = str(args.mteb_folder)
     study_dir = args.out.resolve() / config.name
     results = run_study(config, args.config.read_text(encoding="utf-8"), study_dir, args.arms, args.archive)
     report = write_report(config, results, study_dir, args.config)

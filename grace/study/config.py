@@ -3,19 +3,24 @@
     name: first
     compare_to: base_rationale           # every other arm gets paired intervals against this one
     data: {train_triples: 600, max_chars: 300, max_prompt: 192, val_size: 16}
-    evaluation: {retrieval_queries: 400, lee_documents: 50, perplexity_texts: 100, rationale_length: 48}
+    evaluation: {part: test, lee_documents: 50, perplexity_texts: 100, rationale_length: 48,
+                 mteb_folder: ../shared/data/mteb-offline, mteb_items: {STS12: 100, Banking77Classification: 300}}
     arms:
       - {name: base_prompt_only, kind: base, rationale: false}
       - {name: base_rationale, kind: base}
       - {name: contrastive, kind: contrastive, rationale: false, settings: {examples: 64, epochs: 4}}
-      - {name: grace_demo, kind: grace, settings: {}}    # settings: fields of grace.training_run.TrainingSettings
+      - {name: grace_demo, kind: grace, seeds: [0, 1, 2], settings: {}}  # settings: grace.training_run.TrainingSettings
       - {name: base_rationale_response, kind: base, pooling_span: response}
       - {name: grace_response, kind: grace, pooling_span: response, compare_to: [base_rationale_response]}
 
 Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`; settings: examples, epochs, lr,
-batch_size) and `grace` (verl GRPO with the `hidden` reward, `grace.training_run`; settings: the fields of its
-`TrainingSettings`, such as steps, lr, prompts, rollouts, response_length, variant, val_every). Data, evaluation and
-the pooling span are the study's, shared by all arms. An unknown key anywhere is an error that names it.
+batch_size), `grace` (verl GRPO with the `hidden` reward, `grace.training_run`; settings: the fields of its
+`TrainingSettings`, such as steps, lr, prompts, rollouts, response_length, variant, val_every) and
+`sentence_transformer` (another embedding model as an anchor, `rationale: false`; setting: model, a folder, default
+the packaged all-MiniLM-L6-v2). Data, evaluation and
+the pooling span are the study's, shared by all arms. A trained arm with `seeds` runs once per seed (its runs are
+`<arm>@seed<k>`); its scores are the mean over seeds, with intervals that resample seeds and items. `primary` names
+the comparison the study is for, before it runs. An unknown key anywhere is an error that names it.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from pathlib import Path
 import yaml
 
 from grace.pooling import POOLING_SPANS
+from grace.study.mteb_offline import MTEB_OFFLINE_TASKS
 from grace.training_run import DataConfig, TrainingSettings
 
-ARM_KINDS = ("base", "contrastive", "grace")
+ARM_KINDS = ("base", "contrastive", "grace", "sentence_transformer")
+TRAINED_KINDS = ("contrastive", "grace")  # arms that train the study's model
 CONTRASTIVE_SETTINGS = {"examples", "epochs", "lr", "batch_size"}
 # A GRACE arm sets its training; the pooling span is the arm's own key (its evaluation pools the same way).
-GRACE_SETTINGS = {f.name for f in dataclasses.fields(TrainingSettings)} - {"pooling_span"}
+# A run's training seed comes from the arm's `seeds`.
+GRACE_SETTINGS = {f.name for f in dataclasses.fields(TrainingSettings)} - {"pooling_span", "seed"}
 
 
 @dataclass
@@ -43,6 +51,11 @@ class ArmConfig:
     pooling_span: str = "prompt+response"  # in the reward (grace) and in the evaluation
     settings: dict = field(default_factory=dict)
     compare_to: list[str] | str | None = None  # also compared with these arms (say, the base model in the same span)
+    seeds: list[int] | None = None  # a trained arm run once per training seed; its score is their mean
+
+    def runs(self) -> list[tuple[str, int | None]]:
+        """(run name, training seed) of each of the arm's runs: the arm itself, or one run per seed."""
+        return [(self.name, None)] if self.seeds is None else [(f"{self.name}@seed{s}", s) for s in self.seeds]
 
     def references(self) -> list[str]:
         """The arms this one is compared with besides the study's `compare_to`."""
@@ -51,8 +64,11 @@ class ArmConfig:
 
 @dataclass
 class EvaluationConfig:
-    retrieval_queries: int = 400
-    lee_documents: int = 50
+    part: str = "test"  # the held-out part scored: "test" (reported) or "dev" (what choices of settings look at)
+    retrieval_queries: int | None = None  # None: every query of the part (460 test, 459 dev)
+    lee_documents: int = 50  # LeeSTS is in the test part only
+    mteb_folder: str | None = None  # MTEB-offline data folder (eval_mteb.py --data_folder); relative to the cwd
+    mteb_items: dict[str, int] = field(default_factory=dict)  # MTEB-offline task -> items per part (none: off)
     perplexity_texts: int = 100
     kl_texts: int = 50  # held-out documents whose rationales measure KL(trained || base)
     rationale_length: int = 48
@@ -65,6 +81,7 @@ class StudyConfig:
     name: str
     arms: list[ArmConfig]
     compare_to: str = "base_rationale"
+    primary: str | None = None  # the primary comparison, named before the study runs ("grace vs contrastive on ...")
     model: str | None = None  # default: the packaged SmolLM2-135M-Instruct
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -92,7 +109,17 @@ def validate_arm(arm: ArmConfig) -> None:
         raise ValueError(f"{where}: pooling_span must be one of {POOLING_SPANS}, got {arm.pooling_span!r}")
     if arm.pooling_span == "response" and not arm.rationale:
         raise ValueError(f"{where}: pooling_span 'response' pools the rationale alone and needs rationale: true")
-    allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": GRACE_SETTINGS}
+    if arm.kind == "sentence_transformer" and arm.rationale:
+        raise ValueError(f"{where}: a sentence_transformer arm embeds texts as they are: set rationale: false")
+    if arm.seeds is not None:
+        if arm.kind not in TRAINED_KINDS:
+            raise ValueError(f"{where}: a {arm.kind} arm is not trained, so it takes no seeds")
+        if not arm.seeds or len(set(arm.seeds)) != len(arm.seeds) or not all(isinstance(s, int) for s in arm.seeds):
+            raise ValueError(f"{where}: seeds must be distinct integers, got {arm.seeds}")
+    if "seed" in arm.settings:
+        raise ValueError(f"{where}: give training seeds as the arm's `seeds`, not as a setting")
+    allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": GRACE_SETTINGS,
+               "sentence_transformer": {"model"}}
     unknown = sorted(set(arm.settings) - allowed[arm.kind])
     if unknown:
         raise ValueError(f"{where}: settings {unknown} do not apply to a {arm.kind} arm; allowed: "
@@ -113,6 +140,13 @@ def load_config(path: Path) -> StudyConfig:
         raise ValueError(f"{path}: arm names must be present and unique, got {names}")
     for arm in config.arms:
         validate_arm(arm)
+    evaluation = config.evaluation
+    if evaluation.part not in ("test", "dev"):
+        raise ValueError(f"{path}: evaluation.part must be 'test' or 'dev', got {evaluation.part!r}")
+    unknown_tasks = sorted(set(evaluation.mteb_items) - set(MTEB_OFFLINE_TASKS))
+    if unknown_tasks:
+        raise ValueError(f"{path}: evaluation.mteb_items: unknown task(s) {unknown_tasks}; known: "
+                         f"{list(MTEB_OFFLINE_TASKS)}")
     if config.compare_to not in names:
         raise ValueError(f"{path}: compare_to={config.compare_to!r} is not an arm ({names})")
     for arm in config.arms:

@@ -7,6 +7,9 @@ loop (one 4-token sequence occurring 4 times or more, overlaps counted).
 
     python -m grace.study.diversity MODEL --rationale_cache study_out/NAME/rationales.sqlite
                                     [--record study_out/NAME/arms/ARM/result.json]
+
+Simplification: the command line counts the retrieval and Lee texts of a part, not a study's MTEB-offline texts
+(the study itself counts every text it embeds).
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grace.study.diversity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="the model whose rationales count (a Hugging Face folder)")
-    parser.add_argument("--retrieval_queries", type=int, default=400, help="the study's evaluation.retrieval_queries")
+    parser.add_argument("--part", default="test", choices=["test", "dev"], help="the study's evaluation.part")
+    parser.add_argument("--retrieval_queries", type=int, default=None,
+                        help="the study's evaluation.retrieval_queries (default: every query of the part)")
     parser.add_argument("--lee_documents", type=int, default=50, help="the study's evaluation.lee_documents")
     add_rationale_flags(parser, record_key="rationale_diversity")
     args = parser.parse_args(argv)
-    texts = HeldOutEvaluation(args.retrieval_queries, args.lee_documents).texts()
+    texts = HeldOutEvaluation(args.part, args.retrieval_queries, args.lee_documents).texts()
     diversity = held_out_rationale_diversity(load_encoder(args.model, args), texts)
     print(f"{diversity['texts']} held-out rationales: {diversity['distinct_percent']:.1f}% distinct, the most common "
           f"{diversity['most_common_percent']:.1f}%, {diversity['looping_percent']:.1f}% looping")

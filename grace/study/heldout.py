@@ -1,15 +1,21 @@
 """The study's fixed held-out evaluation, scored per item so that arms can be compared with paired intervals.
 
-- WikiDescriptionRetrieval: the first `queries` held-out Wikipedia articles with a description; the description
-  is the query, the extracts of the same articles are the corpus, each query has one relevant document.
-  Per query: hit at rank 1 (accuracy@1, the study's main retrieval number), reciprocal rank, nDCG@10.
-- LeeSTS: the 50 Lee news documents and their 1,225 rated pairs. Per pair: (cosine, human rating); the score is
-  the Spearman correlation over pairs, so its bootstrap resamples pairs and recomputes the correlation.
+Every task has a dev part (the only one a choice of settings may look at) and a test part (reported only), split
+by written rules:
+- WikiDescriptionRetrieval: the short description of a held-out Wikipedia article is the query, the extracts of the
+  same part's articles are the corpus, each query has one relevant document. Test articles are every 20th packaged
+  article, dev articles those halfway between (`grace.data.demo.split_articles`; never in training data); articles
+  whose description is not unique among all packaged articles are left out. Per query: hit at rank 1
+  (accuracy@1, the study's main retrieval number), reciprocal rank, nDCG@10.
+- LeeSTS (test only: no choice looks at it): the 50 Lee news documents and their 1,225 rated pairs. Per pair:
+  (cosine, human rating); the score is the Spearman correlation over pairs, and its bootstrap resamples the
+  documents, not the pairs (each document is in 49 pairs).
+- MTEB-offline (with a data folder): STS12-16, SICK-R and Banking77Classification from local files, as fixed dev and
+  test subsamples (`grace.study.mteb_offline`), and their mean, the "MTEB-offline" average.
 
-The items are those of the mteb local tasks of the same names (`grace.evaluation.local_tasks`), never seen in
-training (`grace.data.demo.split_articles`), and accuracy@1 equals mteb's hit_rate_at_1 on them (tested).
-Clustering is left out of the study: its v-measure is not a mean over items, and a bootstrap would refit
-k-means for every replicate.
+The retrieval and Lee items are those of the mteb local tasks of the same names (`grace.evaluation.local_tasks`),
+and accuracy@1 equals mteb's hit_rate_at_1 on them (tested). Clustering is left out of the study: its v-measure is
+not a mean over items, and a bootstrap would refit k-means for every replicate.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from grace.evaluation.local_tasks import description_retrieval_items, lee_items
+from grace.study.mteb_offline import STS_TASKS, mteb_offline_items
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> float32 [N, H], L2-normalised
 
@@ -52,27 +59,39 @@ class TaskResult:
 
     metric: str
     score: float
-    units: np.ndarray  # [n] for retrieval hits, [n, 2] (prediction, gold) for STS
+    units: np.ndarray  # [n] for retrieval hits and classification, [n, 2] (prediction, gold) for STS
     extra: dict[str, float]
+    documents: np.ndarray | None = None  # [n, 2]: the documents of each pair, where pairs share documents
 
     @property
     def n(self) -> int:
         return len(self.units)
 
 
-STATISTICS = {"accuracy@1": hit_rate_percent, "cosine_spearman": spearman_of_units}
+STATISTICS = {"accuracy@1": hit_rate_percent, "cosine_spearman": spearman_of_units, "accuracy": hit_rate_percent}
+MTEB_AVERAGE = "MTEB-offline"  # the mean over the MTEB-offline tasks, a task of its own in results
+DOCUMENTS_KEY = "{task}:documents"  # units.npz: the two documents of each unit, where pairs share documents
 
 
 class HeldOutEvaluation:
-    """The fixed held-out items, loaded once; `evaluate(embed)` scores any embedding function on all of them."""
+    """The fixed held-out items of one part ("test" or "dev"), loaded once; `evaluate(embed)` scores any embedding
+    function on all of them. `retrieval_queries` None: every query of the part; `mteb_items`: MTEB-offline task ->
+    items per part, read from `mteb_folder`."""
 
-    def __init__(self, retrieval_queries: int = 400, lee_documents: int = 50):
-        self.queries, self.documents = description_retrieval_items(retrieval_queries)
-        self.lee_documents, self.lee_pairs = lee_items(lee_documents)
+    def __init__(self, part: str = "test", retrieval_queries: int | None = None, lee_documents: int = 50,
+                 mteb_folder=None, mteb_items: dict[str, int] | None = None):
+        self.part = part
+        self.queries, self.documents = description_retrieval_items(retrieval_queries, part)
+        self.lee_documents, self.lee_pairs = lee_items(lee_documents) if part == "test" else ([], [])
+        if mteb_items and mteb_folder is None:
+            raise ValueError("MTEB-offline tasks need a data folder: the study's evaluation.mteb_folder, or "
+                             "python -m grace.study --mteb_folder")
+        self.mteb = mteb_offline_items(mteb_folder, mteb_items, part) if mteb_items else {}
 
     def texts(self) -> list[str]:
         """Every text the evaluation embeds (once each)."""
-        return list(dict.fromkeys(self.queries + self.documents + self.lee_documents))
+        mteb_texts = [text for items in self.mteb.values() for text in items.texts()]
+        return list(dict.fromkeys(self.queries + self.documents + self.lee_documents + mteb_texts))
 
     def evaluate(self, embed: Embed) -> dict[str, TaskResult]:
         texts = self.texts()
@@ -82,11 +101,19 @@ class HeldOutEvaluation:
         row = {text: i for i, text in enumerate(texts)}
         pick = lambda items: vectors[[row[t] for t in items]]  # noqa: E731
         per_query = retrieval_per_query(pick(self.queries), pick(self.documents))
-        retrieval = TaskResult("accuracy@1", hit_rate_percent(per_query["hit_at_1"]), per_query["hit_at_1"],
-                               {"ndcg_at_10": 100 * float(per_query["ndcg_at_10"].mean()),
-                                "mrr": 100 * float(per_query["reciprocal_rank"].mean())})
-        lee = pick(self.lee_documents)
-        cosines = np.array([float(lee[i] @ lee[j]) for i, j, _ in self.lee_pairs])
-        units = np.stack([cosines, np.array([score for _, _, score in self.lee_pairs])], axis=1)
-        sts = TaskResult("cosine_spearman", spearman_of_units(units), units, {})
-        return {"WikiDescriptionRetrieval": retrieval, "LeeSTS": sts}
+        results = {"WikiDescriptionRetrieval": TaskResult(
+            "accuracy@1", hit_rate_percent(per_query["hit_at_1"]), per_query["hit_at_1"],
+            {"ndcg_at_10": 100 * float(per_query["ndcg_at_10"].mean()),
+             "mrr": 100 * float(per_query["reciprocal_rank"].mean())})}
+        if self.lee_pairs:
+            lee = pick(self.lee_documents)
+            cosines = np.array([float(lee[i] @ lee[j]) for i, j, _ in self.lee_pairs])
+            units = np.stack([cosines, np.array([score for _, _, score in self.lee_pairs])], axis=1)
+            results["LeeSTS"] = TaskResult("cosine_spearman", spearman_of_units(units), units, {},
+                                           documents=np.array([(i, j) for i, j, _ in self.lee_pairs]))
+        vector = lambda text: vectors[row[text]]  # noqa: E731
+        for task, items in self.mteb.items():
+            units = items.units(vector)
+            metric = "cosine_spearman" if task in STS_TASKS else "accuracy"
+            results[task] = TaskResult(metric, STATISTICS[metric](units), units, {})
+        return results

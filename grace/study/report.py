@@ -8,7 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from grace.study.config import StudyConfig
+from grace.study.config import TRAINED_KINDS, StudyConfig
+from grace.study.heldout import MTEB_AVERAGE
 from grace.study.runner import BEST_BASE
 from grace.study.stats import trend_verdict
 
@@ -137,6 +138,9 @@ def _arm_details(name: str, arm: dict) -> list[str]:
                      f"most common {diversity['most_common_percent']:.1f}%, "
                      f"{diversity['looping_percent']:.1f}% looping")
     lines.append(f"- wall time: training {arm.get('train_seconds', 0):.0f} s, evaluation {arm['eval_seconds']:.0f} s")
+    for run, scores in arm.get("runs", {}).items():
+        tasks = ", ".join(f"{task} {score:.1f}" for task, score in scores["tasks"].items())
+        lines.append(f"- {run} (training seed {scores['seed']}): {tasks}; perplexity {scores['perplexity']:.2f}")
     if "units_lost" in arm:
         lines.append(f"- per-item scores lost: {arm['units_lost']}")
     return lines + [""]
@@ -163,7 +167,7 @@ def results_table(results: dict) -> list[str]:
             cells.append(f"{values['score']:.1f} [{values['score_ci'][0]:.1f}, {values['score_ci'][1]:.1f}]")
             cells.append(_interval(values[key]) if key in values else "(reference)")
         validation = arm.get("validation_reward")
-        cells.append(f"{arm['perplexity']:.2f}")
+        cells.append(f"{arm['perplexity']:.2f}" if "perplexity" in arm else "-")
         cells.append(f"{arm['kl_to_base']:.4f}" if "kl_to_base" in arm else "-")
         diversity = arm.get("rationale_diversity")
         cells.append(f"{diversity['distinct_percent']:.1f} / {diversity['looping_percent']:.1f}" if diversity else "-")
@@ -173,7 +177,9 @@ def results_table(results: dict) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     first_arm = next(iter(results["arms"].values()), None)
     if first_arm:
-        lines += ["", "Metrics: " + "; ".join(f"{task}: {values['metric']} x 100, n = {values['n']}"
+        lines += ["", "Metrics: " + "; ".join(f"{task}: {values['metric']}"
+                                             + (f" ({values['n']} tasks)" if task == MTEB_AVERAGE else
+                                                f" x 100, n = {values['n']}")
                                              for task, values in first_arm["tasks"].items())
                   + "; perplexity: held-out Wikipedia extracts (generative retention); KL to base: mean "
                   "KL(trained || base) in nats per token over the arm's own rationales of held-out documents "
@@ -181,6 +187,17 @@ def results_table(results: dict) -> list[str]:
                   "of every held-out text that are distinct, and that loop on a 4-token sequence "
                   "(`grace.study.diversity`)."]
     return lines
+
+
+def comparisons_made(results: dict) -> list[str]:
+    """The primary comparison, as named before the study ran, and how many paired comparisons the report makes."""
+    count = sum(key.startswith("vs_") for arm in results["arms"].values() for values in arm["tasks"].values()
+                for key in values)
+    primary = results.get("primary")
+    return [f"Primary comparison (named in the configuration before the study ran): {primary}." if primary else
+            "No primary comparison was named before the study ran: read every difference as exploratory.",
+            f"This report makes {count} paired comparisons (each arm against its references and the strongest base, "
+            f"per task); at 95% each, about {count / 20:.0f} would show a difference by chance alone."]
 
 
 def in_words(results: dict) -> list[str]:
@@ -210,7 +227,7 @@ def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
     is not the base embedded the same way, how far training moved the embedding pooled the same way (the
     mechanism)."""
     arms, lines = results["arms"], []
-    for name in arm_names or [n for n, arm in arms.items() if arm["kind"] != "base"]:
+    for name in arm_names or [n for n, arm in arms.items() if arm["kind"] in TRAINED_KINDS]:
         arm = arms[name]
         same_way = pooled_the_same_way(results, arm)
         for task, values in arm["tasks"].items():
@@ -245,10 +262,12 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
     lines = [f"# Study `{config.name}`", "",
              f"Reproduce: `python -m grace.study {config_path}` (the configuration is at the end of this report). "
              f"Machine: {machine_description()}.", "",
-             f"Every arm is scored on the same held-out items (never in training data); differences are against "
+             f"Every arm is scored on the same held-out items of the **{results.get('part', 'test')}** part (never "
+             f"in training data; `grace.study.heldout` says how dev and test are split); differences are against "
              f"`{compare}` (and an arm's own `compare_to`), as paired bootstrap 95% intervals "
-             f"({config.evaluation.bootstrap_resamples} resamples of the queries or sentence pairs). Score columns "
-             f"carry their own 95% bootstrap interval.", "",
+             f"({config.evaluation.bootstrap_resamples} resamples of the queries, sentence pairs or texts; of the "
+             f"documents for LeeSTS, whose pairs share them; and of the training seeds of an arm run with several). "
+             f"Score columns carry their own 95% bootstrap interval.", "", *comparisons_made(results), "",
              "## Results", ""]
     lines += results_table(results)
     lines += ["", "## Did training help?", "",

@@ -7,6 +7,7 @@ answer (identical arms, a constant shift).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -42,39 +43,118 @@ def mean_statistic(units: np.ndarray) -> float:
     return float(np.mean(units))
 
 
-def _replicates(arrays, statistic, resamples: int, seed: int) -> list[np.ndarray]:
-    """statistic of each array on the same `resamples` bootstrap resamples of their (shared) units."""
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"paired units differ in number: {[len(a) for a in arrays]}")
-    if n < 2:
-        raise ValueError("a bootstrap needs at least 2 units")
-    indices = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return [np.array([statistic(a[i]) for i in indices]) for a in arrays]
+def _as_runs(units) -> list[np.ndarray]:
+    """An arm's units as a list of runs: a list or tuple holds one array per training seed, an array is one run."""
+    runs = [np.asarray(u) for u in units] if isinstance(units, (list, tuple)) else [np.asarray(units)]
+    if not runs or any(len(r) != len(runs[0]) for r in runs):
+        raise ValueError(f"an arm's runs must score the same units: {[len(r) for r in runs]}")
+    return runs
+
+
+def resample_units(rng: np.random.Generator, n: int, documents: np.ndarray | None) -> np.ndarray:
+    """Indices of one bootstrap resample of n units: units drawn with replacement, or, when `documents` [n, 2] names
+    the two documents of each unit (a pair), documents drawn with replacement and every pair of drawn documents
+    kept as often as its two documents were drawn (pairs that share a document are not independent)."""
+    if documents is None:
+        return rng.integers(0, n, size=n)
+    count = int(documents.max()) + 1
+    drawn = np.bincount(rng.integers(0, count, size=count), minlength=count)
+    return np.repeat(np.arange(n), drawn[documents[:, 0]] * drawn[documents[:, 1]])
+
+
+def _replicates(arms: list[dict], statistics: dict, resamples: int, seed: int, documents: dict) -> list[np.ndarray]:
+    """Bootstrap replicates of each arm's score averaged over `statistics`' tasks (task -> statistic). `arms` are
+    dicts task -> units (an array, or a list of arrays: one run per training seed). In each replicate every task's
+    units are resampled once and shared by all arms (paired), and an arm with several runs draws its runs with
+    replacement once for all tasks, so the interval includes the seed-to-seed spread."""
+    arms = [{task: _as_runs(units[task]) for task in statistics} for units in arms]
+    sizes = {task: len(arms[0][task][0]) for task in statistics}
+    for task, n in sizes.items():
+        if any(len(a[task][0]) != n for a in arms):
+            raise ValueError(f"{task or 'units'}: paired units differ in number: {[len(a[task][0]) for a in arms]}")
+        if n < 2:
+            raise ValueError(f"{task or 'units'}: a bootstrap needs at least 2 units")
+        pairs = documents.get(task)
+        if pairs is not None and np.shape(pairs) != (n, 2):
+            raise ValueError(f"{task or 'units'}: documents must be [units, 2] = [{n}, 2], got "
+                             f"{list(np.shape(pairs))}")
+    counts = [{len(runs) for runs in a.values()} for a in arms]
+    if any(len(c) != 1 for c in counts):
+        raise ValueError(f"an arm must have the same number of runs on every task: {counts}")
+    rng = np.random.default_rng(seed)
+    replicates = [np.empty(resamples) for _ in arms]
+    for r in range(resamples):
+        indices = {task: resample_units(rng, n, None if documents.get(task) is None else np.asarray(documents[task]))
+                   for task, n in sizes.items()}
+        for values, arm in zip(replicates, arms):
+            runs = len(next(iter(arm.values())))
+            picked = [0] if runs == 1 else rng.integers(0, runs, size=runs)
+            if any(len(i) < 2 for i in indices.values()):
+                values[r] = np.nan
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy warns of a constant input; its nan is left out above
+                values[r] = np.mean([np.mean([statistics[task](arm[task][k][indices[task]]) for k in picked])
+                                     for task in statistics])
+    return replicates
+
+
+def point_estimate(units, statistic: Callable[[np.ndarray], float] = None) -> float:
+    """The arm's score: statistic of each run's units, averaged over its runs."""
+    statistic = statistic or mean_statistic
+    return float(np.mean([statistic(run) for run in _as_runs(units)]))
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
+    # a replicate whose resample leaves the statistic undefined (a Spearman correlation of fewer than two distinct
+    # pairs, possible when few documents are drawn) is left out
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
     return float(low), float(high)
 
 
 def paired_bootstrap(units_a, units_b, statistic: Callable[[np.ndarray], float] = mean_statistic,
-                     resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+                     resamples: int = 2000, seed: int = 0, confidence: float = 0.95, documents=None) -> dict:
     """Difference statistic(A) - statistic(B) and its percentile bootstrap interval, resampling the paired units
-    (queries, sentence pairs) together: both arms see the same resampled units in every replicate.
+    (queries, sentence pairs; or the documents of the pairs, `documents`) together: both arms see the same
+    resampled units in every replicate.
 
     `units_*` are arrays whose first axis is the unit (extra axes are kept: an STS unit is a (prediction, gold)
-    row). Returns {"diff", "ci_low", "ci_high", "n", "resamples"}.
+    row), or lists of such arrays, one per training seed: the score is then the mean over seeds and each
+    replicate also resamples the seeds. Returns {"diff", "ci_low", "ci_high", "n", "resamples"}.
     """
-    a, b = np.asarray(units_a), np.asarray(units_b)
-    replicates_a, replicates_b = _replicates([a, b], statistic, resamples, seed)
+    replicates_a, replicates_b = _replicates([{"": units_a}, {"": units_b}], {"": statistic}, resamples, seed,
+                                             {"": documents})
     low, high = _percentiles(replicates_a - replicates_b, confidence)
-    return {"diff": statistic(a) - statistic(b), "ci_low": low, "ci_high": high, "n": len(a), "resamples": resamples}
+    return {"diff": point_estimate(units_a, statistic) - point_estimate(units_b, statistic), "ci_low": low,
+            "ci_high": high, "n": len(_as_runs(units_a)[0]), "resamples": resamples}
 
 
 def bootstrap_interval(units, statistic: Callable[[np.ndarray], float] = mean_statistic, resamples: int = 2000,
-                       seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of one arm's statistic (the error bars of a score)."""
-    (replicates,) = _replicates([np.asarray(units)], statistic, resamples, seed)
+                       seed: int = 0, confidence: float = 0.95, documents=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of one arm's statistic (the error bars of a score); units as in
+    `paired_bootstrap`."""
+    (replicates,) = _replicates([{"": units}], {"": statistic}, resamples, seed, {"": documents})
     return _percentiles(replicates, confidence)
+
+
+def average_score(arm: dict, statistics: dict) -> float:
+    """The mean over tasks of the arm's score on each (`arm`: task -> units)."""
+    return float(np.mean([point_estimate(arm[task], statistic) for task, statistic in statistics.items()]))
+
+
+def average_interval(arm: dict, statistics: dict, resamples: int = 2000, seed: int = 0, documents=None,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the mean over tasks, every task's units resampled in each replicate."""
+    (replicates,) = _replicates([arm], statistics, resamples, seed, documents or {})
+    return _percentiles(replicates, confidence)
+
+
+def paired_average_bootstrap(arm_a: dict, arm_b: dict, statistics: dict, resamples: int = 2000, seed: int = 0,
+                             documents=None, confidence: float = 0.95) -> dict:
+    """`paired_bootstrap` of the mean over tasks."""
+    replicates_a, replicates_b = _replicates([arm_a, arm_b], statistics, resamples, seed, documents or {})
+    low, high = _percentiles(replicates_a - replicates_b, confidence)
+    return {"diff": average_score(arm_a, statistics) - average_score(arm_b, statistics), "ci_low": low,
+            "ci_high": high, "n": sum(len(_as_runs(arm_a[task])[0]) for task in statistics),
+            "resamples": resamples}

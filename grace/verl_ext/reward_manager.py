@@ -161,8 +161,9 @@ class HiddenRewardManager:
         request = DataProto.from_dict(tensors=prompts, meta_info={"temperature": self.rationale_temperature})
         return self._call_workers("generate_rationales", request)
 
-    def _embed(self, streams) -> torch.Tensor:
-        """Embeddings of verl prompt + response rows (each stream a batch with `prompts` and SEQUENCE_KEYS)."""
+    def _embed(self, streams) -> tuple[torch.Tensor, int]:
+        """Embeddings of verl prompt + response rows (each stream a batch with `prompts` and SEQUENCE_KEYS), and the
+        number of tokens the workers embedded."""
         width = max(s["input_ids"].shape[1] for s in streams)
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "position_ids": 0}
         tensors = {key: torch.cat([_right_pad(s[key], width, pad_values[key]) for s in streams])
@@ -178,7 +179,7 @@ class HiddenRewardManager:
         first_rows = torch.from_numpy(first_rows_of(row_ids))
         request = DataProto.from_dict(tensors={key: value[first_rows] for key, value in tensors.items()})
         embeddings = self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
-        return embeddings[torch.from_numpy(row_ids)]
+        return embeddings[torch.from_numpy(row_ids)], int(request.batch["attention_mask"].sum())
 
     # ------------------------------------------------------------------ the reward
     def _compute(self, data: DataProto):
@@ -207,7 +208,7 @@ class HiddenRewardManager:
             raise RuntimeError(f"the workers returned {len(rationales)} rationale rows for "
                                f"{len(stacked['input_ids'])} requests; expected one each")
         groups = len(first_rows)
-        embeddings = self._embed([batch, rationales])
+        embeddings, embedded_tokens = self._embed([batch, rationales])
         main = embeddings[:size]
         query = embeddings[size : size + groups][group_of_row]
         negative = embeddings[size + groups :][group_of_row] if supervised else None
@@ -226,6 +227,12 @@ class HiddenRewardManager:
         extra_info[f"{REWARD_METRIC_PREFIX}group_all_equal"] = all_equal.tolist()
         # verl keeps one rank's update_actor metrics; the means travel with the batch to every rank instead
         data.meta_info[BATCH_METRICS_KEY] = {name: float(np.mean(values)) for name, values in extra_info.items()}
+        # the reward's work, for a step's floor (benchmarks/step_phases.py)
+        prompt_tokens = int(stacked["attention_mask"].sum())
+        data.meta_info[BATCH_METRICS_KEY].update({
+            f"{REWARD_METRIC_PREFIX}work/rationale_prompt_tokens": prompt_tokens,
+            f"{REWARD_METRIC_PREFIX}work/rationale_tokens": int(rationales["attention_mask"].sum()) - prompt_tokens,
+            f"{REWARD_METRIC_PREFIX}work/embedded_tokens": embedded_tokens})
         self._print_examples(data, rationales, first_rows, group_of_row, parts, total)
         return reward_tensor, extra_info
 
