@@ -4,6 +4,7 @@ errors."""
 
 import json
 import math
+import zlib
 
 import mteb
 import numpy as np
@@ -154,8 +155,16 @@ def test_dev_and_test_parts_are_disjoint_held_out_and_unambiguous(tmp_path):
 
     folder = tiny_mteb_folder(tmp_path / "mteb")
     items = {"STS12": 6, "Banking77Classification": 3}
-    embed = lambda texts: np.eye(len(texts), dtype=np.float32)  # noqa: E731  (every text its own direction)
+    calls = []
+
+    def embed(texts):  # a unit vector per text, seeded by the text
+        calls.append(len(texts))
+        vectors = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts])
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
     dev_tasks = HeldOutEvaluation("dev", 20, mteb_folder=folder, mteb_items=items).evaluate(embed)
+    assert calls == [40, 12, 15]  # task by task: retrieval, STS12's 6 pairs, Banking77's 12 + 3 texts
+    assert all(result.extra["embedding_seconds"] >= 0 for result in dev_tasks.values())
     test_tasks = HeldOutEvaluation("test", 20, mteb_folder=folder, mteb_items=items).evaluate(embed)
     assert set(dev_tasks) == {"WikiDescriptionRetrieval", "STS12", "Banking77Classification"}  # Lee: test only
     assert set(test_tasks) == set(dev_tasks) | {"LeeSTS"}

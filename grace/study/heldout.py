@@ -20,6 +20,7 @@ not a mean over items, and a bootstrap would refit k-means for every replicate.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,18 +89,30 @@ class HeldOutEvaluation:
                              "python -m grace.study --mteb_folder")
         self.mteb = mteb_offline_items(mteb_folder, mteb_items, part) if mteb_items else {}
 
+    def texts_of_tasks(self) -> dict[str, list[str]]:
+        """task -> the texts it embeds."""
+        texts = {"WikiDescriptionRetrieval": self.queries + self.documents}
+        if self.lee_pairs:
+            texts["LeeSTS"] = self.lee_documents
+        return texts | {task: items.texts() for task, items in self.mteb.items()}
+
     def texts(self) -> list[str]:
         """Every text the evaluation embeds (once each)."""
-        mteb_texts = [text for items in self.mteb.values() for text in items.texts()]
-        return list(dict.fromkeys(self.queries + self.documents + self.lee_documents + mteb_texts))
+        return list(dict.fromkeys(text for texts in self.texts_of_tasks().values() for text in texts))
 
     def evaluate(self, embed: Embed) -> dict[str, TaskResult]:
-        texts = self.texts()
-        vectors = embed(texts)
-        if vectors.shape[0] != len(texts):
-            raise RuntimeError(f"the embedding function returned {vectors.shape[0]} rows for {len(texts)} texts")
-        row = {text: i for i, text in enumerate(texts)}
-        pick = lambda items: vectors[[row[t] for t in items]]  # noqa: E731
+        """Scores of every task; each task's texts are embedded in turn (a text shared with an earlier task is not
+        embedded again), so that each task's `extra` carries the seconds its new texts took."""
+        vectors, seconds = {}, {}
+        for task, texts in self.texts_of_tasks().items():
+            new = list(dict.fromkeys(t for t in texts if t not in vectors))
+            started = time.perf_counter()
+            embedded = embed(new) if new else np.zeros((0, 1), dtype=np.float32)
+            seconds[task] = time.perf_counter() - started
+            if embedded.shape[0] != len(new):
+                raise RuntimeError(f"the embedding function returned {embedded.shape[0]} rows for {len(new)} texts")
+            vectors.update(zip(new, embedded))
+        pick = lambda items: np.stack([vectors[t] for t in items])  # noqa: E731
         per_query = retrieval_per_query(pick(self.queries), pick(self.documents))
         results = {"WikiDescriptionRetrieval": TaskResult(
             "accuracy@1", hit_rate_percent(per_query["hit_at_1"]), per_query["hit_at_1"],
@@ -111,9 +124,10 @@ class HeldOutEvaluation:
             units = np.stack([cosines, np.array([score for _, _, score in self.lee_pairs])], axis=1)
             results["LeeSTS"] = TaskResult("cosine_spearman", spearman_of_units(units), units, {},
                                            documents=np.array([(i, j) for i, j, _ in self.lee_pairs]))
-        vector = lambda text: vectors[row[text]]  # noqa: E731
         for task, items in self.mteb.items():
-            units = items.units(vector)
+            units = items.units(vectors.__getitem__)
             metric = "cosine_spearman" if task in STS_TASKS else "accuracy"
             results[task] = TaskResult(metric, STATISTICS[metric](units), units, {})
+        for task, result in results.items():
+            result.extra["embedding_seconds"] = seconds[task]
         return results
