@@ -399,7 +399,7 @@ def write_run(arms_dir, name, units: dict, **record):
 
 def test_seeded_arms_score_the_mean_of_their_runs_and_mteb_offline_is_the_mean_of_its_tasks(tmp_path):
     from grace.study.heldout import MTEB_AVERAGE
-    from grace.study.report import comparisons_made, results_table
+    from grace.study.report import comparisons_made, results_table, tasks_by_arm
 
     config = load_config(write_config(tmp_path, (
         "name: s\nprimary: grace vs base_rationale on MTEB-offline\nevaluation: {bootstrap_resamples: 300, "
@@ -439,6 +439,11 @@ def test_seeded_arms_score_the_mean_of_their_runs_and_mteb_offline_is_the_mean_o
                                                    "ran): grace vs base_rationale on MTEB-offline")
     assert "makes 8 paired comparisons" in comparisons_made(results)[1]  # 4 tasks x (study reference, best base)
     assert any(line.startswith("| grace |") for line in results_table(results))
+    table = tasks_by_arm(results)
+    assert table[0] == "| task | base_rationale | grace (2 seeds) |" and table[-1] == "| perplexity | 20.00 | 22.00 |"
+    average = grace["tasks"][MTEB_AVERAGE]
+    assert f"| {MTEB_AVERAGE} | " in table[-2] and table[-2].endswith(
+        f"| {average['score']:.1f} [{average['score_ci'][0]:.1f}, {average['score_ci'][1]:.1f}] |")
 
 
 def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_span_one(tmp_path):

@@ -189,6 +189,24 @@ def results_table(results: dict) -> list[str]:
     return lines
 
 
+def tasks_by_arm(results: dict) -> list[str]:
+    """Markdown lines: a row per task (and perplexity), a column per arm: the score with its 95% interval; a seeded
+    arm's column says over how many seeds (the paper's Table 1 laid out the same way)."""
+    arms = results["arms"]
+    header = ["task"] + [f"{name} ({len(arm['runs'])} seeds)" if "runs" in arm else name for name, arm in arms.items()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in _task_names(results):
+        cells = [task]
+        for arm in arms.values():
+            values = arm["tasks"].get(task)
+            cells.append("-" if values is None else
+                         f"{values['score']:.1f} [{values['score_ci'][0]:.1f}, {values['score_ci'][1]:.1f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| perplexity | " + " | ".join(f"{arm['perplexity']:.2f}" if "perplexity" in arm else "-"
+                                               for arm in arms.values()) + " |")
+    return lines
+
+
 def comparisons_made(results: dict) -> list[str]:
     """The primary comparison, as named before the study ran, and how many paired comparisons the report makes."""
     count = sum(key.startswith("vs_") for arm in results["arms"].values() for values in arm["tasks"].values()
@@ -269,6 +287,8 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
              f"documents for LeeSTS, whose pairs share them; and of the training seeds of an arm run with several). "
              f"Score columns carry their own 95% bootstrap interval.", "", *comparisons_made(results), "",
              "## Results", ""]
+    lines += tasks_by_arm(results)
+    lines += ["", "### Every score and difference", ""]
     lines += results_table(results)
     lines += ["", "## Did training help?", "",
               "Each trained arm against the strongest untrained embedding of the same model on each task (without a "
