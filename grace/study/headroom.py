@@ -98,9 +98,10 @@ def accuracy(units: np.ndarray) -> float:
 
 
 def headroom(encoder: GraceEncoder, documents: int, n: int, rollout: GenerationSettings, groups_per_batch: int = 4,
-             reward_temperature: float = 0.1, batch_size: int = 16, seed: int = 0) -> dict:
-    """The whole analysis; returns the JSON-ready result (per span and variant), with per-document rewards."""
-    articles = retrieval_articles(documents)
+             reward_temperature: float = 0.1, batch_size: int = 16, seed: int = 0, part: str = "dev") -> dict:
+    """The whole analysis on the held-out `part`'s documents; returns the JSON-ready result (per span and variant),
+    with per-document rewards."""
+    articles = retrieval_articles(documents, part)
     queries = [a["description"].strip() for a in articles]
     texts = [a["extract"].strip() for a in articles]
     negatives = hard_negatives(articles, seed)
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="policy folder (default: the packaged SmolLM2-135M-Instruct)")
     parser.add_argument("--documents", type=int, default=100, help="held-out documents (retrieval queries)")
+    parser.add_argument("--part", default="dev", choices=["dev", "test"],
+                        help="held-out part: dev (a measurement that chooses settings) or test")
     parser.add_argument("--n", type=int, default=8, help="rationales sampled per document (a training group)")
     parser.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     parser.add_argument("--rationale_length", type=int, default=48, help="max rationale tokens")
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
                                  seed=args.seed)
     started = time.perf_counter()
     result = headroom(encoder, args.documents, args.n, rollout, args.groups_per_batch, args.reward_temperature,
-                      args.batch_size, args.seed)
+                      args.batch_size, args.seed, args.part)
     result["wall_seconds"] = time.perf_counter() - started
     result["model"] = args.model
     (args.out / "headroom.json").write_text(json.dumps(result, indent=1))
