@@ -78,6 +78,71 @@ def test_gradient_at_ratio_one_is_minus_advantage_over_batch_times_classes():
     assert stats["clip_fraction"] == 0.0 and stats["ratio_max_deviation"] == 0.0
 
 
+def test_policy_weighted_gradient_is_the_expected_sampled_policy_gradient():
+    torch.manual_seed(0)
+    batch, num_classes = 4, 5
+    logits = torch.randn(batch, num_classes, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 1, 4])
+    log_probs = torch.log_softmax(logits, -1)
+    probs = log_probs.exp().detach()
+    rewards = objective.class_rewards(labels, probs, "prob").double()
+    advantages = objective.policy_weighted_advantages(rewards, probs)
+    assert torch.allclose((probs * advantages).sum(-1), torch.zeros(batch, dtype=torch.float64), atol=1e-12)
+    loss, _ = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages, weights=probs)
+    loss.backward()
+    # the oracle: E_{j ~ pi}[A_j grad log pi_j], enumerated over j with autograd, averaged over the batch
+    expected = torch.zeros(batch, num_classes, dtype=torch.float64)
+    for j in range(num_classes):
+        z = logits.detach().clone().requires_grad_(True)
+        torch.log_softmax(z, -1)[:, j].sum().backward()
+        expected += probs[:, j:j + 1] * advantages[:, j:j + 1] * z.grad
+    assert torch.allclose(logits.grad, -expected / batch, atol=1e-15)
+    assert torch.allclose(logits.grad, -probs * advantages / batch, atol=1e-15)  # closed form: pi_old * A
+
+
+def test_policy_weighted_gradient_damps_as_the_head_grows_confident_and_the_uniform_one_does_not():
+    def logit_gradient_norm(true_prob, weighted):
+        probs = torch.tensor([[true_prob] + [(1 - true_prob) / 10] * 10], dtype=torch.float64)  # 11 classes
+        logits = probs.log().clone().requires_grad_(True)
+        log_probs = torch.log_softmax(logits, -1)
+        rewards = objective.accuracy_reward(torch.tensor([0]), 11).double()
+        advantages = (objective.policy_weighted_advantages(rewards, probs) if weighted
+                      else objective.group_advantages(rewards))
+        loss, _ = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages,
+                                         weights=probs if weighted else None)
+        loss.backward()
+        return float(logits.grad.norm())
+
+    uniform = [logit_gradient_norm(p, weighted=False) for p in (0.09, 0.94, 0.9995)]
+    weighted = [logit_gradient_norm(p, weighted=True) for p in (0.09, 0.94, 0.9995)]
+    assert uniform == pytest.approx([uniform[0]] * 3)  # -A / C whatever the policy's probabilities
+    # binary reward: A_y = sqrt((1 - p) / p), so pi_y A_y = sqrt(p (1 - p)); each of the 10 wrong classes gets
+    # -sqrt(p (1 - p)) / 10: the norm is sqrt(1.1 p (1 - p))
+    assert weighted == pytest.approx([math.sqrt(1.1 * p * (1 - p)) for p in (0.09, 0.94, 0.9995)], rel=1e-4)
+    assert weighted[0] > weighted[1] > 10 * weighted[2]
+
+
+def test_dual_clip_bounds_the_term_of_a_negative_advantage():
+    old_log_probs = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64))
+    advantages = torch.tensor([[1.0, -0.5, -0.5]], dtype=torch.float64)
+    logits = torch.log(torch.tensor([[0.05, 0.9, 0.05]], dtype=torch.float64)).requires_grad_(True)  # rho_1 = 3.6
+    plain, _ = objective.grpo_rm_loss(torch.log_softmax(logits, -1), old_log_probs, advantages)
+    bounded, stats = objective.grpo_rm_loss(torch.log_softmax(logits, -1), old_log_probs, advantages, dual_clip=3.0)
+    # class 0: rho 0.1, A > 0: min(0.1, 0.8) * 1; class 1: plain rho A = -1.8, dual clip max(-1.8, 3 * -0.5) = -1.5;
+    # class 2: rho 0.2, A < 0: min(-0.1, -0.4) = -0.4
+    assert plain.item() == pytest.approx(-(0.1 - 1.8 - 0.4) / 3, abs=1e-12)
+    assert bounded.item() == pytest.approx(-(0.1 - 1.5 - 0.4) / 3, abs=1e-12)
+    bounded.backward()
+    ratio_one = torch.autograd.grad(torch.log_softmax(logits, -1)[0, 1], logits)[0]
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)  # class 1 (dual clip) and class 2 (below 1 - eps)
+    # the bounded term has no gradient: only class 0's unclipped term moves the logits
+    probs = torch.tensor([0.05, 0.9, 0.05], dtype=torch.float64)
+    expected = -(probs[0] / 0.5) * (torch.eye(3, dtype=torch.float64)[0] - probs) / 3
+    assert torch.allclose(logits.grad[0], expected, atol=1e-12) and ratio_one.abs().sum() > 0
+    with pytest.raises(ValueError, match="dual_clip must exceed 1"):
+        objective.grpo_rm_loss(torch.log_softmax(logits, -1), old_log_probs, advantages, dual_clip=0.5)
+
+
 def test_gradient_is_exactly_zero_once_every_term_is_clipped():
     labels = torch.tensor([1, 0])
     old_log_probs = torch.log(torch.tensor([[0.3, 0.4, 0.3], [0.5, 0.25, 0.25]], dtype=torch.float64))
@@ -160,6 +225,10 @@ def test_bad_settings_are_refused_with_their_name():
         TrainConfig(clip_eps=1.5)
     with pytest.raises(ValueError, match="group_size"):
         TrainConfig(group_size=1)
+    with pytest.raises(ValueError, match="cannot be combined with group_size"):
+        TrainConfig(policy_weighted=True, group_size=4)
+    with pytest.raises(ValueError, match="dual_clip must exceed 1"):
+        TrainConfig(dual_clip=1.0)
     with pytest.raises(ValueError, match="head must be one of"):
         make_head("mlp", 4, 2)
 
@@ -188,8 +257,10 @@ def test_one_step_changes_every_trainable_parameter_of_a_text_encoder_and_head(t
     assert unchanged == []
 
 
-@pytest.mark.parametrize("uniformity", ["none", "prob", "complement", "prototype"])
-def test_one_grpo_rm_step_raises_the_true_class_probability_on_its_batch(digits_data, uniformity):
+@pytest.mark.parametrize("uniformity, group", [("none", {}), ("prob", {}), ("complement", {}), ("prototype", {}),
+                                               ("prob", {"policy_weighted": True, "dual_clip": 3.0}),
+                                               ("prob", {"group_size": 4})])
+def test_one_grpo_rm_step_raises_the_true_class_probability_on_its_batch(digits_data, uniformity, group):
     policy = build_policy("digits-cnn", 10, head="cosine", temperature=0.1, seed=0)
     batch = digits_data.subset(np.arange(64))
     labels = torch.as_tensor(batch.labels)
@@ -198,9 +269,9 @@ def test_one_grpo_rm_step_raises_the_true_class_probability_on_its_batch(digits_
         with torch.no_grad():
             return torch.softmax(policy(batch.inputs)[1], -1).gather(1, labels[:, None]).mean().item()
 
-    config = TrainConfig(encoder_lr=1e-3, head_lr=1e-2, uniformity=uniformity)
+    config = TrainConfig(encoder_lr=1e-3, head_lr=1e-2, uniformity=uniformity, **group)
     before = mean_true_probability()
-    grpo_rm_step(policy, make_optimizer(policy, config), batch.inputs, labels, config)
+    grpo_rm_step(policy, make_optimizer(policy, config), batch.inputs, labels, config, torch.Generator().manual_seed(0))
     assert mean_true_probability() > before
 
 

@@ -41,6 +41,8 @@ class TrainConfig:
     uniformity_weight: float = 1.0
     prototype_sharpness: float = 2.0
     group_size: int | None = None  # None: the whole class set; G: G classes sampled from pi_old
+    policy_weighted: bool = False  # the whole class set weighted by pi_old (the sampled group's expectation)
+    dual_clip: float = 0.0  # c > 1: a negative advantage's term bounded below by c A (0: off)
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +59,10 @@ class TrainConfig:
             raise ValueError(f"learning rates must be positive, got encoder {self.encoder_lr}, head {self.head_lr}")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (or None for every class), got {self.group_size}")
+        if self.policy_weighted and self.group_size is not None:
+            raise ValueError("policy_weighted weighs the whole class set: it cannot be combined with group_size")
+        if self.dual_clip and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must exceed 1 (or be 0: off), got {self.dual_clip}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +96,7 @@ def grpo_rm_step(policy, optimizer, inputs, labels: torch.Tensor, config: TrainC
                  generator: torch.Generator | None = None) -> dict:
     """`inner_updates` clipped updates on one batch; metrics of the first forward (before any update) and the
     clip fraction of the last."""
-    group = old_log_probs = advantages = None
+    group = old_log_probs = advantages = weights = None
     for inner in range(config.inner_updates):
         embeddings, logits = policy(inputs)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
@@ -105,7 +111,10 @@ def grpo_rm_step(policy, optimizer, inputs, labels: torch.Tensor, config: TrainC
             if config.group_size is not None:
                 group = objective.sample_group(old_probs, config.group_size, generator)
                 rewards, is_true = rewards.gather(1, group), is_true.gather(1, group)
-            advantages = objective.group_advantages(rewards)
+            if config.policy_weighted:
+                advantages, weights = objective.policy_weighted_advantages(rewards, old_probs), old_probs
+            else:
+                advantages = objective.group_advantages(rewards)
             metrics.update({
                 "true_class_advantage": float(((advantages * is_true).sum(-1) / is_true.sum(-1).clamp_min(1))
                                               .mean()),
@@ -113,7 +122,8 @@ def grpo_rm_step(policy, optimizer, inputs, labels: torch.Tensor, config: TrainC
                 "logit_norm": float(logits.detach().norm(dim=-1).mean()),
                 "accuracy": float((logits.detach().argmax(-1) == labels).float().mean()),
             })
-        loss, stats = objective.grpo_rm_loss(log_probs, old_log_probs, advantages, config.clip_eps, group)
+        loss, stats = objective.grpo_rm_loss(log_probs, old_log_probs, advantages, config.clip_eps, group, weights,
+                                             config.dual_clip)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

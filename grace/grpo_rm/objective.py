@@ -78,6 +78,17 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return centred / (rewards.std(dim=-1, unbiased=False, keepdim=True) + ADVANTAGE_EPS)
 
 
+def policy_weighted_advantages(rewards: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
+    """A = (r - mu) / (sigma + 1e-6) with the mean and (population) std of r under pi_old over the class set (B, C):
+    the advantages of a group sampled from the policy, in the limit of a large group. Their pi_old-weighted sum is
+    zero, so at rho = 1 the weighted objective's logit gradient is pi_old * A, the expectation of the sampled
+    policy gradient, which shrinks as the policy grows confident (the uniform 1/C group's stays A / C)."""
+    weights = old_probs.detach().to(rewards.dtype)
+    mean = (weights * rewards).sum(dim=-1, keepdim=True)
+    std = (weights * (rewards - mean) ** 2).sum(dim=-1, keepdim=True).sqrt()
+    return (rewards - mean) / (std + ADVANTAGE_EPS)
+
+
 def sample_group(old_probs: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`size` class indices per input drawn from pi_old with replacement (B, G): the sampled-group option.
 
@@ -91,12 +102,16 @@ def sample_group(old_probs: torch.Tensor, size: int, generator: torch.Generator 
 
 
 def grpo_rm_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                 clip_eps: float = 0.2, group: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """-(1/B) sum_b (1/G) sum_j min(rho A, clip(rho, 1-eps, 1+eps) A), with rho = pi / pi_old; no reference model.
+                 clip_eps: float = 0.2, group: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                 dual_clip: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """-(1/B) sum_b sum_j w_bj min(rho A, clip(rho, 1-eps, 1+eps) A), with rho = pi / pi_old; no reference model.
 
-    `group` (B, G) selects the sampled classes; by default the group is every class (G = C). Returns the loss and
-    `clip_fraction`, the share of group members whose term is clipped (their gradient is exactly zero), and
-    `ratio_max_deviation`, max |rho - 1|.
+    `group` (B, G) selects the sampled classes; by default the group is every class (G = C). `weights` (B, G) weigh
+    the members (default 1/G; the policy-weighted group passes pi_old). `dual_clip` c > 1 bounds the term of a
+    negative advantage below by c A (dual-clip PPO): the plain clipped objective leaves rho A unbounded there, since
+    min() keeps the unclipped, larger-magnitude term when rho > 1 + eps. Returns the loss and `clip_fraction`, the
+    share of group members whose term is clipped (their gradient is exactly zero), and `ratio_max_deviation`,
+    max |rho - 1|.
     """
     if group is not None:
         log_probs = log_probs.gather(1, group)
@@ -104,13 +119,24 @@ def grpo_rm_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantage
     if advantages.shape != log_probs.shape:
         raise ValueError(f"advantages of shape {tuple(advantages.shape)} for a group of shape "
                          f"{tuple(log_probs.shape)}")
+    if dual_clip and dual_clip <= 1:
+        raise ValueError(f"dual_clip must exceed 1 (or be 0: off), got {dual_clip}")
+    if weights is None:
+        weights = torch.full_like(log_probs, 1.0 / log_probs.shape[1])
+    elif weights.shape != log_probs.shape:
+        raise ValueError(f"weights of shape {tuple(weights.shape)} for a group of shape {tuple(log_probs.shape)}")
     ratio = torch.exp(log_probs - old_log_probs.detach())
     advantages = advantages.detach()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
-    loss = -torch.minimum(unclipped, clipped).mean()
+    terms = torch.minimum(unclipped, clipped)
+    if dual_clip:
+        terms = torch.where(advantages < 0, torch.maximum(terms, dual_clip * advantages), terms)
+    loss = -(weights.detach() * terms).sum(dim=-1).mean()
     with torch.no_grad():
         is_clipped = ((advantages > 0) & (ratio > 1 + clip_eps)) | ((advantages < 0) & (ratio < 1 - clip_eps))
+        if dual_clip:
+            is_clipped |= (advantages < 0) & (ratio > dual_clip)
         stats = {"clip_fraction": float(is_clipped.float().mean()),
                  "ratio_max_deviation": float((ratio - 1).abs().max())}
     return loss, stats

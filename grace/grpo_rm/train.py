@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner-updates", type=int, default=2, help="mu, optimizer steps per GRPO-RM batch")
     p.add_argument("--group-size", type=int, default=None,
                    help="sample this many classes per input from pi_old (default: the whole class set)")
+    p.add_argument("--policy-weighted", action="store_true",
+                   help="weigh the whole class set by pi_old (the sampled group's expectation) instead of 1/C")
+    p.add_argument("--dual-clip", type=float, default=0.0,
+                   help="c > 1: bound a negative advantage's term below by c A (dual-clip PPO; 0: off)")
     p.add_argument("--steps", type=int, default=100, help="training batches")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per batch")
     p.add_argument("--encoder-lr", type=float, default=3e-5, help="AdamW learning rate of the encoder")
@@ -78,7 +82,8 @@ def settings_from_args(args) -> tuple[RunSettings, TrainConfig]:
                          inner_updates=args.inner_updates, clip_eps=args.clip_eps,
                          accuracy_weight=args.accuracy_weight, uniformity=args.uniformity,
                          uniformity_weight=args.uniformity_weight, prototype_sharpness=args.prototype_sharpness,
-                         group_size=args.group_size, seed=args.seed)
+                         group_size=args.group_size, policy_weighted=args.policy_weighted,
+                         dual_clip=args.dual_clip, seed=args.seed)
     return settings, config
 
 
