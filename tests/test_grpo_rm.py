@@ -469,11 +469,12 @@ def test_comparison_selects_on_dev_runs_every_seed_resumes_and_reports(tmp_path,
     from grace.grpo_rm import compare
 
     output = tmp_path / "cmp"
-    argv = ["--data", "digits", "--arms", "frozen", "ce", "grpo_rm_prob", "--lr-grid", "1e-4", "1e-3",
+    argv = ["--data", "digits", "--arms", "frozen", "ce", "grpo_rm_prob", "grpo_rm_prob_policy_weighted",
+            "--lr-grid", "1e-4", "1e-3",
             "--seeds", "0", "1", "--steps", "6", "--batch-size", "32", "--evaluate-every", "3",
             "--train-per-class", "40", "--output", str(output)]
     summary = compare.main(argv)
-    for arm in ("ce", "grpo_rm_prob"):
+    for arm in ("ce", "grpo_rm_prob", "grpo_rm_prob_policy_weighted"):
         entry = summary["arms"][arm]
         grid = {float(lr): acc for lr, acc in entry["dev_grid"].items()}
         assert entry["chosen_lr"] == max(sorted(grid), key=lambda lr: (grid[lr], -lr))

@@ -25,15 +25,20 @@ import numpy as np
 from grace.grpo_rm.loop import TrainConfig
 from grace.grpo_rm.run import RunSettings, load_splits, run
 
-# name -> (objective, uniformity); the frozen arm trains nothing
+# name -> the arm's TrainConfig fields; the frozen arm (None) trains nothing
 ARMS = {
-    "frozen": (None, "none"),
-    "ce": ("ce", "none"),
-    "grpo_rm_accuracy": ("grpo_rm", "none"),
-    "grpo_rm_prob": ("grpo_rm", "prob"),
-    "grpo_rm_complement": ("grpo_rm", "complement"),
-    "grpo_rm_prototype": ("grpo_rm", "prototype"),
+    "frozen": None,
+    "ce": {"objective": "ce", "uniformity": "none"},
+    "grpo_rm_accuracy": {"uniformity": "none"},
+    "grpo_rm_prob": {"uniformity": "prob"},
+    "grpo_rm_complement": {"uniformity": "complement"},
+    "grpo_rm_prototype": {"uniformity": "prototype"},
+    # the output group and the clip, each one change from grpo_rm_prob (run when named in --arms)
+    "grpo_rm_prob_sampled4": {"uniformity": "prob", "group_size": 4},
+    "grpo_rm_prob_policy_weighted": {"uniformity": "prob", "policy_weighted": True},
+    "grpo_rm_prob_dual_clip3": {"uniformity": "prob", "dual_clip": 3.0},
 }
+DEFAULT_ARMS = ["frozen", "ce", "grpo_rm_accuracy", "grpo_rm_prob", "grpo_rm_complement", "grpo_rm_prototype"]
 SCORES = ("head", "sr", "knn_majority", "knn_weighted")
 
 
@@ -43,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None, help="minilm, digits-cnn or an encoder folder (default by --data)")
     p.add_argument("--ood-data", default=None,
                    help="second labelled corpus for the out-of-distribution probe (default: sentiment for text)")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
+                   help=f"arms to run (default: {' '.join(DEFAULT_ARMS)})")
     p.add_argument("--lr-grid", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4],
                    help="encoder learning rates each trained arm chooses from on the dev split")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (the first one selects the lr)")
@@ -79,13 +85,13 @@ def ensure_run(output: Path, arm: str, lr: float | None, seed: int, settings: Ru
     done = _load(folder)
     if done is not None:
         return done
-    objective, uniformity = ARMS[arm]
-    config = TrainConfig(objective=objective or "ce", steps=args.steps, batch_size=args.batch_size,
+    fields = ARMS[arm] or {"objective": "ce", "uniformity": "none"}  # frozen: the config of an untrained arm
+    config = TrainConfig(**fields, steps=args.steps, batch_size=args.batch_size,
                          encoder_lr=lr if lr is not None else 0.0, head_lr=args.head_lr,
-                         inner_updates=args.inner_updates, uniformity=uniformity, seed=seed)
+                         inner_updates=args.inner_updates, seed=seed)
     started = time.perf_counter()
     print(f"[{time.strftime('%H:%M:%S')}] {arm} lr={lr} seed={seed} ...", flush=True)
-    result = run(settings, config, folder, frozen=objective is None, splits=splits)
+    result = run(settings, config, folder, frozen=ARMS[arm] is None, splits=splits)
     print(f"    done in {time.perf_counter() - started:.0f} s: dev head {result['dev'].get('head', float('nan')):.3f}, "
           f"test SR {result['test']['sr']:.3f}, kNN {result['test']['knn_weighted']:.3f}", flush=True)
     return result
@@ -105,7 +111,7 @@ def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int
     """results.json's content, from the finished runs only (missing runs are listed, not guessed)."""
     summary = {"arms": {}, "missing": []}
     for arm in arms:
-        if ARMS[arm][0] is None:
+        if ARMS[arm] is None:
             runs = {None: {seed: _load(run_folder(output, arm, None, seeds[0])) for seed in seeds[:1]}}
         else:
             runs = {lr: {seed: _load(run_folder(output, arm, lr, seed)) for seed in seeds} for lr in lr_grid}
@@ -239,7 +245,7 @@ def main(argv=None) -> dict:
     if not args.report_only:
         splits = load_splits(settings)
         for arm in args.arms:
-            if ARMS[arm][0] is None:
+            if ARMS[arm] is None:
                 ensure_run(output, arm, None, args.seeds[0], settings, args, splits)
                 continue
             by_lr = {lr: ensure_run(output, arm, lr, args.seeds[0], settings, args, splits) for lr in args.lr_grid}
