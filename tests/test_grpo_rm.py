@@ -479,9 +479,10 @@ def test_comparison_selects_on_dev_runs_every_seed_resumes_and_reports(tmp_path,
         grid = {float(lr): acc for lr, acc in entry["dev_grid"].items()}
         assert entry["chosen_lr"] == max(sorted(grid), key=lambda lr: (grid[lr], -lr))
         assert entry["seeds"] == 2 and entry["test"]["sr"]["n"] == 2
-        assert (output / "runs" / arm / f"lr{entry['chosen_lr']:g}" / "seed1" / "result.json").exists()
-        other = [lr for lr in grid if lr != entry["chosen_lr"]][0]
-        assert not (output / "runs" / arm / f"lr{other:g}" / "seed1").exists()
+        for lr in grid:  # every rate ran with the selection seed; only the chosen one with the test seeds
+            assert (output / "runs" / arm / f"lr{lr:g}" / "seed100" / "result.json").exists()
+            for seed in ("seed0", "seed1"):
+                assert (output / "runs" / arm / f"lr{lr:g}" / seed).exists() == (lr == entry["chosen_lr"])
     assert summary["missing"] == [] and summary["arms"]["frozen"]["chosen_lr"] is None
     report = (output / "report.md").read_text()
     assert "| grpo_rm_prob |" in report and "Result: on head" in report and (output / "accuracy.png").stat().st_size
@@ -489,6 +490,8 @@ def test_comparison_selects_on_dev_runs_every_seed_resumes_and_reports(tmp_path,
     monkeypatch.setattr(compare, "run", lambda *a, **k: pytest.fail("a finished run was run again"))
     assert compare.main(argv)["arms"]["ce"]["test"] == summary["arms"]["ce"]["test"]
     # an unfinished grid is reported, not chosen from
-    (output / "runs" / "ce" / "lr0.001" / "seed0" / "result.json").unlink()
+    (output / "runs" / "ce" / "lr0.001" / "seed100" / "result.json").unlink()
     partial = compare.main(argv + ["--report-only"])
-    assert "ce" not in partial["arms"] and str(output / "runs" / "ce" / "lr0.001" / "seed0") in partial["missing"]
+    assert "ce" not in partial["arms"] and str(output / "runs" / "ce" / "lr0.001" / "seed100") in partial["missing"]
+    with pytest.raises(SystemExit, match="must not be counted"):
+        compare.main(argv + ["--selection-seed", "1"])

@@ -5,9 +5,10 @@
 
 Fairness: every arm starts from the same encoder and head (seeded), sees the same batches in the same order, and
 takes the same steps, batch size and max length. Each trained arm picks its encoder learning rate from the same
-grid by its head accuracy on the dev split (seed 0); the test split is never used for a choice. At the chosen rate
-each arm then runs every seed. Test scores (head accuracy, softmax-regression probe, kNN) are mean +- std over the
-seeds; the out-of-distribution probe refits SR and kNN on another corpus's embeddings.
+grid by its head accuracy on the dev split, in runs with a selection seed that no test score counts; the test split
+is never used for a choice. At the chosen rate each arm then runs every seed. Test scores (head accuracy,
+softmax-regression probe, kNN) are mean +- std over the seeds; the out-of-distribution probe refits SR and kNN on
+another corpus's embeddings.
 
 Every run writes OUTPUT/runs/<arm>/lr<lr>/seed<seed>/result.json and is skipped when re-run, so an interrupted
 comparison resumes. The report (OUTPUT/report.md, results.json, accuracy.png) is rebuilt from those files.
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"arms to run (default: {' '.join(DEFAULT_ARMS)})")
     p.add_argument("--lr-grid", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4],
                    help="encoder learning rates each trained arm chooses from on the dev split")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (the first one selects the lr)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the test scores")
+    p.add_argument("--selection-seed", type=int, default=100,
+                   help="seed of the learning-rate selection runs (dev only; never among the test seeds)")
     p.add_argument("--steps", type=int, default=100, help="training batches per run")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per batch")
     p.add_argument("--head", choices=("linear", "cosine"), default="cosine",
@@ -107,23 +110,27 @@ def summarise(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
-def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int]) -> dict:
+def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int], selection_seed: int) -> dict:
     """results.json's content, from the finished runs only (missing runs are listed, not guessed)."""
     summary = {"arms": {}, "missing": []}
     for arm in arms:
-        if ARMS[arm] is None:
-            runs = {None: {seed: _load(run_folder(output, arm, None, seeds[0])) for seed in seeds[:1]}}
+        if ARMS[arm] is None:  # deterministic: one run, nothing to choose
+            selection_runs = {None: _load(run_folder(output, arm, None, seeds[0]))}
+            choose_seed, test_seeds = seeds[0], seeds[:1]
         else:
-            runs = {lr: {seed: _load(run_folder(output, arm, lr, seed)) for seed in seeds} for lr in lr_grid}
-        selection = {lr: by_seed[seeds[0]] for lr, by_seed in runs.items() if by_seed.get(seeds[0])}
-        summary["missing"] += [str(run_folder(output, arm, lr, seeds[0])) for lr in runs if lr not in selection]
-        if not selection:
+            selection_runs = {lr: _load(run_folder(output, arm, lr, selection_seed)) for lr in lr_grid}
+            choose_seed, test_seeds = selection_seed, seeds
+        selection = {lr: r for lr, r in selection_runs.items() if r is not None}
+        summary["missing"] += [str(run_folder(output, arm, lr, choose_seed)) for lr in selection_runs
+                               if lr not in selection]
+        if not selection or len(selection) < len(selection_runs):  # a choice among part of the grid is none
             continue
         chosen = None if None in selection else choose_lr(selection)
-        if len(selection) < len(runs):  # a choice among part of the grid is not the comparison's choice
+        runs = {seed: _load(run_folder(output, arm, chosen, seed)) for seed in test_seeds}
+        summary["missing"] += [str(run_folder(output, arm, chosen, s)) for s, r in runs.items() if r is None]
+        finished = [r for r in runs.values() if r is not None]
+        if not finished:
             continue
-        summary["missing"] += [str(run_folder(output, arm, chosen, s)) for s, r in runs[chosen].items() if r is None]
-        finished = [r for r in runs[chosen].values() if r is not None]
         entry = {
             "chosen_lr": chosen,
             "dev_grid": {str(lr): r["dev"].get("head") for lr, r in selection.items()},
@@ -204,7 +211,8 @@ def write_report(summary: dict, output: Path, command: str, machine: str) -> Non
              f"Command: `{command}`", "", f"Machine: {machine}", "",
              f"Splits (stratified, fixed seed): {sizes}. Scores are test accuracies in %, mean ± std over "
              f"{summary['seeds']} seeds (sample std); the frozen arm is deterministic (one run). Each trained arm's "
-             f"encoder lr was chosen from {summary['lr_grid']} on the dev head accuracy of seed {summary['seeds'][0]}.",
+             f"encoder lr was chosen from {summary['lr_grid']} on the dev head accuracy of runs with seed "
+             f"{summary['selection_seed']}, which no test score counts.",
              "", "| arm | encoder lr | head | SR | kNN majority | kNN weighted | OOD SR | OOD kNN weighted | s/step |",
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, entry in arms.items():
@@ -214,7 +222,8 @@ def write_report(summary: dict, output: Path, command: str, machine: str) -> Non
                      f"{_cell(test.get('head'))} | {_cell(test['sr'])} | {_cell(test['knn_majority'])} | "
                      f"{_cell(test['knn_weighted'])} | {_cell(ood.get('sr'))} | {_cell(ood.get('knn_weighted'))} | "
                      f"{seconds} |")
-    lines += ["", verdict(arms), "", "## Learning-rate selection (dev head accuracy %, seed 0): every run", "",
+    lines += ["", verdict(arms), "",
+              f"## Learning-rate selection (dev head accuracy %, seed {summary['selection_seed']}): every run", "",
               "| arm | " + " | ".join(f"lr {lr:g}" for lr in summary["lr_grid"]) + " |",
               "|---|" + "---|" * len(summary["lr_grid"])]
     for arm, entry in arms.items():
@@ -235,6 +244,9 @@ def main(argv=None) -> dict:
     from grace.study.report import machine_description
 
     args = build_parser().parse_args(argv)
+    if args.selection_seed in args.seeds:
+        raise SystemExit(f"--selection-seed {args.selection_seed} is among the test --seeds {args.seeds}: the seed "
+                         "that chooses the learning rate must not be counted in the test scores")
     text_data = args.data != "digits"
     settings = RunSettings(data=args.data, encoder=args.encoder or ("minilm" if text_data else "digits-cnn"),
                            head=args.head, max_length=args.max_length, dev_per_class=args.dev_per_class,
@@ -248,13 +260,14 @@ def main(argv=None) -> dict:
             if ARMS[arm] is None:
                 ensure_run(output, arm, None, args.seeds[0], settings, args, splits)
                 continue
-            by_lr = {lr: ensure_run(output, arm, lr, args.seeds[0], settings, args, splits) for lr in args.lr_grid}
+            by_lr = {lr: ensure_run(output, arm, lr, args.selection_seed, settings, args, splits)
+                     for lr in args.lr_grid}
             chosen = choose_lr(by_lr)
-            for seed in args.seeds[1:]:
+            for seed in args.seeds:
                 ensure_run(output, arm, chosen, seed, settings, args, splits)
-    summary = collect(output, args.arms, args.lr_grid, args.seeds)
+    summary = collect(output, args.arms, args.lr_grid, args.seeds, args.selection_seed)
     summary.update(data=args.data, settings=settings.to_dict(), lr_grid=args.lr_grid, seeds=args.seeds,
-                   steps=args.steps, batch_size=args.batch_size)
+                   selection_seed=args.selection_seed, steps=args.steps, batch_size=args.batch_size)
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(summary, indent=1))
     run_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
