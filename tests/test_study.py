@@ -173,6 +173,28 @@ def test_dev_and_test_parts_are_disjoint_held_out_and_unambiguous(tmp_path):
         HeldOutEvaluation("test", 20, mteb_items=items)
 
 
+def test_description_choice_scores_each_option_as_it_would_be_scored_alone(tiny_model_path):
+    from grace.study.generative import OPTIONS, PROMPT, choice_units, description_choice_items, option_scores
+
+    items = description_choice_items(6, "dev")
+    assert all(len(set(item["options"])) == OPTIONS and 0 <= item["answer"] < OPTIONS for item in items)
+    assert description_choice_items(6, "dev") == items  # fixed by its seed
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float64)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    scores = option_scores(model, tokenizer, items, batch_size=5)  # batches that cut across items, padded
+    for i, item in enumerate(items):
+        for k, option in enumerate(item["options"]):
+            prompt = tokenizer(PROMPT.format(context=item["context"]), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+            log_probs = torch.log_softmax(logits, -1)
+            expected = np.mean([float(log_probs[len(prompt) - 1 + t, token]) for t, token in enumerate(answer)])
+            assert scores[i, k] == pytest.approx(expected, abs=1e-5)  # scored in float32
+    units = choice_units(model, tokenizer, items)
+    assert units.tolist() == [float(row.argmax() == item["answer"]) for row, item in zip(scores, items)]
+
+
 def test_perplexity_equals_the_models_own_loss(tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)

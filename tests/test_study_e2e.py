@@ -21,7 +21,7 @@ def write_config(path, model, grace_steps):
         "data": {"train_triples": 40, "max_chars": 200, "max_prompt": 320, "val_size": 4},
         "evaluation": {"retrieval_queries": 10, "lee_documents": 6, "perplexity_texts": 4, "rationale_length": 4,
                        "batch_size": 8, "bootstrap_resamples": 200, "mteb_folder": str(mteb_folder),
-                       "mteb_items": {"STS12": 6, "Banking77Classification": 3}},
+                       "mteb_items": {"STS12": 6, "Banking77Classification": 3}, "generative_items": 4},
         "arms": [{"name": "base_prompt_only", "kind": "base", "rationale": False},
                  {"name": "base_rationale", "kind": "base"},
                  {"name": "base_rationale_response", "kind": "base", "pooling_span": "response"},
@@ -46,8 +46,9 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     for name, arm in results["arms"].items():
         assert arm["wall_seconds"] > 0 and (name == "minilm") == ("perplexity" not in arm)
         assert name == "minilm" or math.isfinite(arm["perplexity"])
+        generative = {"DescriptionChoice"} if name != "minilm" else set()  # a causal LM's task
         assert set(arm["tasks"]) == {"WikiDescriptionRetrieval", "LeeSTS", "STS12", "Banking77Classification",
-                                     "MTEB-offline"}
+                                     "MTEB-offline"} | generative
         for task in arm["tasks"].values():
             assert {"metric", "score", "n"} <= set(task)
             comparison = task.get("vs_base_rationale")
@@ -64,6 +65,8 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert grace["validation_reward"]["steps"] == 3 and grace["validation_reward"]["at_steps"] == [0, 1, 2]
     assert math.isfinite(grace["validation_reward"]["slope"]) and grace["settings"]["pooling_span"] == "response"
     assert grace["kl_to_base"] > 0 and results["arms"]["contrastive"]["kl_to_base"] > 0  # both moved the model
+    assert "vs_best_base" not in grace["tasks"]["DescriptionChoice"] and "vs_best_base" in grace["tasks"]["STS12"]
+    assert 0 <= grace["tasks"]["DescriptionChoice"]["score"] <= 100 and grace["tasks"]["DescriptionChoice"]["n"] == 4
     contrastive = results["arms"]["contrastive"]
     assert sorted(contrastive["runs"]) == ["contrastive@seed0", "contrastive@seed1"]
     assert contrastive["tasks"]["STS12"]["score"] == pytest.approx(

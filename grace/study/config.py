@@ -69,6 +69,7 @@ class EvaluationConfig:
     lee_documents: int = 50  # LeeSTS is in the test part only
     mteb_folder: str | None = None  # MTEB-offline data folder (eval_mteb.py --data_folder); relative to the cwd
     mteb_items: dict[str, int] = field(default_factory=dict)  # MTEB-offline task -> items per part (none: off)
+    generative_items: int = 0  # DescriptionChoice items of the part (grace.study.generative); 0: off
     perplexity_texts: int = 100
     kl_texts: int = 50  # held-out documents whose rationales measure KL(trained || base)
     rationale_length: int = 48

@@ -70,6 +70,7 @@ class TaskResult:
 
 
 STATISTICS = {"accuracy@1": hit_rate_percent, "cosine_spearman": spearman_of_units, "accuracy": hit_rate_percent}
+GENERATIVE_TASK = "DescriptionChoice"  # generative retention, multiple choice by likelihood (grace.study.generative)
 MTEB_AVERAGE = "MTEB-offline"  # the mean over the MTEB-offline tasks, a task of its own in results
 DOCUMENTS_KEY = "{task}:documents"  # units.npz: the two documents of each unit, where pairs share documents
 

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from grace.study.config import TRAINED_KINDS, StudyConfig
-from grace.study.heldout import MTEB_AVERAGE
+from grace.study.heldout import GENERATIVE_TASK, MTEB_AVERAGE
 from grace.study.runner import BEST_BASE
 from grace.study.stats import trend_verdict
 
@@ -181,6 +181,9 @@ def results_table(results: dict) -> list[str]:
                                              + (f" ({values['n']} tasks)" if task == MTEB_AVERAGE else
                                                 f" x 100, n = {values['n']}")
                                              for task, values in first_arm["tasks"].items())
+                  + (f"; {GENERATIVE_TASK} asks which of 4 short descriptions fits a held-out extract, answered by "
+                     "the model's likelihood (`grace.study.generative`, chance 25%)"
+                     if any(GENERATIVE_TASK in arm["tasks"] for arm in results["arms"].values()) else "")
                   + "; perplexity: held-out Wikipedia extracts (generative retention); KL to base: mean "
                   "KL(trained || base) in nats per token over the arm's own rationales of held-out documents "
                   "(`grace.study.drift`); distinct / looping rationales: the share of the arm's greedy rationales "
@@ -249,6 +252,8 @@ def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
         arm = arms[name]
         same_way = pooled_the_same_way(results, arm)
         for task, values in arm["tasks"].items():
+            if task == GENERATIVE_TASK:  # generative retention, not an embedding: read beside perplexity
+                continue
             best = values.get(BEST_BASE)
             if best is None:
                 lines.append(f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")

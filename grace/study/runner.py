@@ -30,7 +30,7 @@ import numpy as np
 from grace import training_run
 from grace.study.archive import archive_finished_arms, restore_arms
 from grace.study.config import TRAINED_KINDS, StudyConfig
-from grace.study.heldout import DOCUMENTS_KEY, MTEB_AVERAGE, STATISTICS, HeldOutEvaluation
+from grace.study.heldout import DOCUMENTS_KEY, GENERATIVE_TASK, MTEB_AVERAGE, STATISTICS, HeldOutEvaluation, TaskResult
 from grace.study.mteb_offline import MTEB_OFFLINE_TASKS
 from grace.study.stats import average_interval, linear_trend, paired_average_bootstrap
 
@@ -106,6 +106,7 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
     from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
     from grace.study.diversity import held_out_rationale_diversity
     from grace.study.drift import held_out_rationale_kl
+    from grace.study.generative import choice_units, description_choice_items
     from grace.study.perplexity import held_out_texts, perplexity
 
     if arm.kind == "sentence_transformer":
@@ -120,6 +121,12 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
                                                              show_progress_bar=True))
     held_out_perplexity = perplexity(encoder.model, encoder.tokenizer,
                                      held_out_texts(config.evaluation.perplexity_texts))
+    if config.evaluation.generative_items:
+        items = description_choice_items(config.evaluation.generative_items, config.evaluation.part)
+        started = time.perf_counter()
+        units = choice_units(encoder.model, encoder.tokenizer, items)
+        tasks[GENERATIVE_TASK] = TaskResult("accuracy", STATISTICS["accuracy"](units), units,
+                                            {"scoring_seconds": time.perf_counter() - started})
     diversity = held_out_rationale_diversity(encoder, evaluation.texts()) if arm.rationale else None
     kl = (None if arm.kind == "base"
           else held_out_rationale_kl(encoder, base_model, evaluation.documents[:config.evaluation.kl_texts]))
@@ -288,7 +295,7 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
         units = loaded[arm.name][1]
         for task, values in arms[arm.name]["tasks"].items():
             scored = [name for name in bases if task in arms[name]["tasks"]]
-            if not scored:
+            if not scored or task == GENERATIVE_TASK:  # the strongest base is an embedding's notion
                 continue
             best = max(scored, key=lambda name: arms[name]["tasks"][task]["score"])
             best_units = loaded[best][1]
