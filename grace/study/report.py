@@ -298,7 +298,7 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
     lines += ["", "## Did training help?", "",
               "Each trained arm against the strongest untrained embedding of the same model on each task (without a "
               "rationale, or with one pooled either way: whichever scores highest), then, pooled the same way as "
-              "the arm, what training changed.", "", *verdict(results)]
+              "the arm, what training changed.", "", *(verdict(results) or ["No trained arm has finished yet."])]
     lines += ["", "## In words", ""] + in_words(results)
     if results["not_run"]:
         lines += ["", f"Arms in the configuration that have not run yet: {', '.join(results['not_run'])}."]
