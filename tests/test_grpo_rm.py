@@ -63,13 +63,18 @@ def test_constant_rewards_give_zero_advantages_not_nan():
 
 # ---- the objective's gradient and clipping ---------------------------------------------------------------------
 
-def test_gradient_at_ratio_one_is_minus_advantage_over_batch_times_classes():
+def ratio_one_batch():
+    """Float64 logits of 4 inputs over 5 classes (requiring grad), their log-probabilities and `prob` rewards."""
     torch.manual_seed(0)
-    batch, num_classes = 4, 5
-    logits = torch.randn(batch, num_classes, dtype=torch.float64, requires_grad=True)
-    labels = torch.tensor([0, 3, 1, 4])
+    logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     log_probs = torch.log_softmax(logits, -1)
-    rewards = objective.class_rewards(labels, log_probs.exp().detach(), "prob").double()
+    rewards = objective.class_rewards(torch.tensor([0, 3, 1, 4]), log_probs.exp().detach(), "prob").double()
+    return logits, log_probs, rewards
+
+
+def test_gradient_at_ratio_one_is_minus_advantage_over_batch_times_classes():
+    logits, log_probs, rewards = ratio_one_batch()
+    batch, num_classes = logits.shape
     advantages = objective.group_advantages(rewards)
     loss, stats = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages, clip_eps=0.2)
     loss.backward()
@@ -79,13 +84,9 @@ def test_gradient_at_ratio_one_is_minus_advantage_over_batch_times_classes():
 
 
 def test_policy_weighted_gradient_is_the_expected_sampled_policy_gradient():
-    torch.manual_seed(0)
-    batch, num_classes = 4, 5
-    logits = torch.randn(batch, num_classes, dtype=torch.float64, requires_grad=True)
-    labels = torch.tensor([0, 3, 1, 4])
-    log_probs = torch.log_softmax(logits, -1)
+    logits, log_probs, rewards = ratio_one_batch()
+    batch, num_classes = logits.shape
     probs = log_probs.exp().detach()
-    rewards = objective.class_rewards(labels, probs, "prob").double()
     advantages = objective.policy_weighted_advantages(rewards, probs)
     assert torch.allclose((probs * advantages).sum(-1), torch.zeros(batch, dtype=torch.float64), atol=1e-12)
     loss, _ = objective.grpo_rm_loss(log_probs, log_probs.detach(), advantages, weights=probs)
