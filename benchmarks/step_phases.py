@@ -81,10 +81,11 @@ class Floor:
         weights_reads = decode_steps * self.weight_bytes / self.bandwidth
         return max(self.forward(prompt_tokens + generated, generated), weights_reads)
 
-    def phases(self, m: dict, rows: int, optimizer_steps: int) -> dict[str, float]:
+    def phases(self, m: dict, prompts: int, rollouts: int, optimizer_steps: int) -> dict[str, float]:
+        rows = prompts * rollouts
         prompt, response = m["prompt_length/mean"] * rows, m["response_length/mean"] * rows
         rationales = m["grace/work/rationale_tokens"]
-        rationale_rows = 2 * rows // m["rollouts"]  # a query and a negative rationale per group
+        rationale_rows = 2 * prompts  # a query and a negative rationale per group
         return {
             "gen": self.generation(prompt, response, m["response_length/max"]),
             "reward": self.generation(m["grace/work/rationale_prompt_tokens"], rationales,
@@ -125,9 +126,9 @@ def main() -> int:
 
     dtype = getattr(torch, resolve_cpu_dtype(args.cpu_dtype))
     floor = Floor(model, dtype, out)
-    rows = settings.prompts * settings.rollouts
-    steps = [{**m, "rollouts": settings.rollouts} for m in metrics if "timing_s/step" in m][1:]
-    floors = [floor.phases(m, rows, optimizer_steps=2) for m in steps]  # mini-batches of half the prompts
+    steps = [m for m in metrics if "timing_s/step" in m][1:]
+    floors = [floor.phases(m, settings.prompts, settings.rollouts, optimizer_steps=2)  # mini-batches of half the
+              for m in steps]                                                          # prompts
     print(f"\nmachine: {machine_description()}")
     print(f"run dtype {dtype}; measured: matmul {floor.flops / 1e9:.0f} GFLOP/s, copy {floor.bandwidth / 1e9:.1f} "
           f"GB/s, disk write {floor.disk / 1e9:.2f} GB/s")

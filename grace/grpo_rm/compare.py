@@ -88,7 +88,7 @@ def ensure_run(output: Path, arm: str, lr: float | None, seed: int, settings: Ru
     done = _load(folder)
     if done is not None:
         return done
-    fields = ARMS[arm] or {"objective": "ce", "uniformity": "none"}  # frozen: the config of an untrained arm
+    fields = ARMS[arm] or ARMS["ce"]  # frozen: CE's config, never trained
     config = TrainConfig(**fields, steps=args.steps, batch_size=args.batch_size,
                          encoder_lr=lr if lr is not None else 0.0, head_lr=args.head_lr,
                          inner_updates=args.inner_updates, seed=seed)
