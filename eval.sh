@@ -2,7 +2,8 @@
 # Score the latest GRACE checkpoint on MTEB: merge it (latest global_step_*/actor under CHECKPOINT_DIR), then
 # evaluate every task in one run and write timing_results_<date>.txt with per-task times.
 #   TASKS=all (56 tasks) | subset (the reference's 9) | "STS16 SciFact ..." ; SKIP_MERGE=1 to evaluate MERGED_DIR as is.
-#   MTEB_DATA_DIR=folder: read the named STS and classification tasks from local files (eval_mteb.py --data_folder).
+#   MTEB_DATA_DIR=folder: read the named STS and classification tasks from local files (eval_mteb.py --data_folder);
+#   MTEB_DATA_ITEMS="150 Banking77Classification=300": only their fixed test part (--data_items), as the studies score.
 # Needs the GPU flavour for vLLM generation; on a CPU the HF generator is used.
 set -euo pipefail
 
@@ -30,9 +31,14 @@ TASKS=${TASKS:-all}
 SKIP_MERGE=${SKIP_MERGE:-0}
 EVAL_ARGS=${EVAL_ARGS:-}
 MTEB_DATA_DIR=${MTEB_DATA_DIR:-}
+MTEB_DATA_ITEMS=${MTEB_DATA_ITEMS:-}
 DATA_ARGS=()
 if [ -n "$MTEB_DATA_DIR" ]; then
     DATA_ARGS=(--data_folder "$MTEB_DATA_DIR")
+fi
+if [ -n "$MTEB_DATA_ITEMS" ]; then
+    read -r -a ITEMS <<< "$MTEB_DATA_ITEMS"
+    DATA_ARGS+=(--data_items "${ITEMS[@]}")
 fi
 
 RETRIEVAL_TASKS=(ArguAna CQADupstackRetrieval FiQA2018 NFCorpus SCIDOCS SciFact ClimateFEVER DBPedia NQ FEVER

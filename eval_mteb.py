@@ -4,6 +4,7 @@
     python eval_mteb.py --model_path merge_models/ --tasks local            # offline tasks, CPU-friendly
     python eval_mteb.py --model_path merge_models/ --tasks STS16 --compare other/summary.json
     python eval_mteb.py --model_path merge_models/ --tasks STS12 STS16 Banking77Classification --data_folder DIR
+    python eval_mteb.py ... --data_folder DIR --data_items 150 Banking77Classification=300   # a study's test part
 
 Writes the mteb results folder (OUTPUT_DIR/mteb), summary.json and summary.md (main scores, the seven category
 averages, two overall averages with their rule, per-task wall time). Rationales are cached in OUTPUT_DIR (or
@@ -55,10 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_folder", type=Path, default=None,
                         help="read the named STS and classification tasks from DATA_FOLDER/<task>/<split>.jsonl "
                              "(no dataset hub; scored by mteb's own evaluators; see grace/evaluation/offline_data.py)")
+    parser.add_argument("--data_items", nargs="+", default=None, metavar="N|TASK=N",
+                        help="score only a fixed part of each data-folder task: N rows of its evaluation split (a "
+                             "bare N for every task, TASK=N for one), and for classification a fixed pool of 8 "
+                             "training texts per label; the rule the studies use (grace/evaluation/offline_data.py)")
+    parser.add_argument("--data_part", default="test", choices=["test", "dev"],
+                        help="which fixed part --data_items takes (disjoint: dev is the next N rows)")
     parser.add_argument("--baseline_model", default=None,
                         help="also score this sentence-transformers model (folder) on the same tasks")
     parser.add_argument("--compare", type=Path, default=None, help="another run's summary.json to show side by side")
     return parser
+
+
+def parse_items(values: list[str] | None, data_folder: Path | None) -> dict[str, int] | None:
+    """`--data_items`: ["150", "Banking77Classification=300"] -> {"*": 150, "Banking77Classification": 300}."""
+    if values is None:
+        return None
+    if data_folder is None:
+        raise ValueError("--data_items takes a part of the data-folder tasks: pass --data_folder too")
+    items = {}
+    for value in values:
+        task, _, count = value.rpartition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--data_items {value!r}: expected N or TASK=N with N a positive whole number")
+        items[task or "*"] = int(count)
+    return items
 
 
 def load_encoder(args):
@@ -96,7 +118,9 @@ def main(argv=None) -> int:
     languages = None if args.languages == ["all"] else args.languages
     tasks_named = args.tasks or ([] if args.benchmark else ["STS16"])
     try:
-        tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, args.data_folder)
+        data = {"data_folder": args.data_folder, "data_items": parse_items(args.data_items, args.data_folder),
+                "data_part": args.data_part}
+        tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, **data)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -114,7 +138,7 @@ def main(argv=None) -> int:
         from sentence_transformers import SentenceTransformer
 
         baseline = SentenceTransformer(args.baseline_model)
-        baseline_tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, args.data_folder)
+        baseline_tasks = resolve_tasks(tasks_named, args.benchmark, languages, args.local_size, **data)
         baseline_rows = evaluate_tasks(baseline, baseline_tasks, args.output_dir / "mteb")
         baseline_name = "/".join(Path(args.baseline_model).resolve().parts[-2:])
         baseline_summary = summarize(baseline_rows, f"baseline/{baseline_name}",

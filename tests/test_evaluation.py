@@ -170,33 +170,44 @@ class UnitEncoder(FixedEncoder):
         return vector / np.linalg.norm(vector)
 
 
-def test_the_studys_per_item_scores_are_mtebs_on_the_same_rows(tmp_path):
+@pytest.mark.parametrize("part", ["test", "dev"])
+def test_the_studys_per_item_scores_are_mtebs_on_the_same_part(tmp_path, part):
+    from grace.evaluation.offline_data import part_rows
     from grace.study.heldout import STATISTICS
-    from grace.study.mteb_offline import mteb_offline_items, part_rows
+    from grace.study.mteb_offline import mteb_offline_items
 
     folder = tiny_mteb_folder(tmp_path / "mteb")
-    items = mteb_offline_items(folder, {"STS12": 6, "Banking77Classification": 3}, "test")
+    items = mteb_offline_items(folder, {"STS12": 6, "Banking77Classification": 4}, part)
     sts, intents = items["STS12"], items["Banking77Classification"]
-    assert len(sts.first) == 6 and len(intents.item_texts) == 3 and len(intents.train_texts) == 12  # 4 per intent
-    # the same rows as a data folder of their own, scored by mteb
-    part = tmp_path / "part"
-    write_jsonl(part / "STS12/test.jsonl", [{"sentence1": a, "sentence2": b, "score": float(g)}
-                                            for a, b, g in zip(sts.first, sts.second, sts.gold)])
-    for split, texts, labels in (("train", intents.train_texts, intents.train_labels),
-                                 ("test", intents.item_texts, intents.item_labels)):
-        write_jsonl(part / f"Banking77Classification/{split}.jsonl",
-                    [{"text": t, "label": label} for t, label in zip(texts, labels)])
+    assert len(sts.first) == 6 and len(intents.item_texts) == 4 and len(intents.train_texts) == 12  # 4 per intent
+    # the same part, scored by mteb (eval_mteb.py --data_items 6 Banking77Classification=4 --data_part PART)
     model = UnitEncoder()
-    rows = {r["task"]: r for r in evaluate_tasks(model, resolve_tasks(["STS12", "Banking77Classification"],
-                                                                        data_folder=part), results_folder=None)}
+    tasks = resolve_tasks(["STS12", "Banking77Classification"], data_folder=folder,
+                          data_items={"*": 6, "Banking77Classification": 4}, data_part=part)
+    assert sorted(tasks[0].dataset["test"]["sentence1"]) == sorted(sts.first)
+    rows = {r["task"]: r for r in evaluate_tasks(model, tasks, results_folder=None)}
     assert STATISTICS["cosine_spearman"](sts.units(model.vector)) == pytest.approx(rows["STS12"]["score"], abs=1e-3)
     assert STATISTICS["accuracy"](intents.units(model.vector)) == pytest.approx(
         rows["Banking77Classification"]["score"], abs=1e-6)
     # the written rule: disjoint parts, the same rows every time
     test, dev = part_rows(12, 6, "test"), part_rows(12, 6, "dev")
     assert sorted([*test, *dev]) == list(range(12)) and list(test) == list(part_rows(12, 6, "test"))
-    with pytest.raises(ValueError, match="7 test and 7 dev items asked for, but the file has 12 rows"):
-        part_rows(12, 7, "test")
+    with pytest.raises(ValueError, match="STS12/test.jsonl: 7 test and 7 dev items asked for, but the file has 12"):
+        resolve_tasks(["STS12"], data_folder=folder, data_items={"STS12": 7})
+
+
+def test_a_part_of_a_classification_task_trains_on_the_fixed_pool_of_8_texts_per_label(tmp_path):
+    from grace.evaluation.offline_data import TRAIN_PER_LABEL, training_pool
+
+    folder = tiny_mteb_folder(tmp_path / "mteb")
+    write_jsonl(folder / "Banking77Classification/train.jsonl",
+                [{"text": f"text {k}", "label": k % 2} for k in range(20)] + [{"text": "rare", "label": 2}])
+    labels = [k % 2 for k in range(20)] + [2]
+    pool = training_pool(labels)
+    assert sorted(labels[r] for r in pool) == [0] * TRAIN_PER_LABEL + [1] * TRAIN_PER_LABEL + [2]
+    task = resolve_tasks(["Banking77Classification"], data_folder=folder, data_items={"*": 4})[0]
+    assert task.dataset["train"]["text"] == [f"text {r}" if r < 20 else "rare" for r in pool]
+    assert len(resolve_tasks(["Banking77Classification"], data_folder=folder)[0].dataset["train"]) == 21
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -222,3 +233,8 @@ def test_a_task_missing_from_the_data_folder_or_of_another_kind_is_named(tmp_pat
         resolve_tasks(["SciFact"], data_folder=folder)
     assert eval_mteb.main(["--model_path", str(tmp_path), "--tasks", "STS16", "--data_folder", str(folder)]) == 1
     assert "no folder for task STS16" in capsys.readouterr().err
+    assert eval_mteb.main(["--model_path", str(tmp_path), "--tasks", "STS12", "--data_items", "6"]) == 1
+    assert "pass --data_folder too" in capsys.readouterr().err
+    assert eval_mteb.main(["--model_path", str(tmp_path), "--tasks", "STS12", "--data_folder", str(folder),
+                           "--data_items", "STS12=six"]) == 1
+    assert "--data_items 'STS12=six': expected N or TASK=N" in capsys.readouterr().err

@@ -39,9 +39,11 @@ EXTRA_METRICS = {"Retrieval": "hit_rate_at_1"}
 
 
 def resolve_tasks(names: list[str] | None = None, benchmark: str | None = None, languages: list[str] | None = ("eng",),
-                  local_size: int | None = None, data_folder: Path | None = None) -> list:
+                  local_size: int | None = None, data_folder: Path | None = None,
+                  data_items: dict[str, int] | None = None, data_part: str = "test") -> list:
     """mteb task objects for the given names and/or named set; raises ValueError naming unknown tasks. With a
-    `data_folder`, every mteb task reads its data from there (`grace.evaluation.offline_data`) instead of a hub."""
+    `data_folder`, every mteb task reads its data from there (`grace.evaluation.offline_data`) instead of a hub;
+    with `data_items` (task name, or "*" for any task -> items), only the fixed `data_part` of that many rows."""
     names = list(names or [])
     tasks = []
     if benchmark in GRACE_TASK_SETS:
@@ -69,7 +71,9 @@ def resolve_tasks(names: list[str] | None = None, benchmark: str | None = None, 
         tasks += list(mteb.get_tasks(tasks=remote, languages=list(languages) if languages else None,
                                      exclusive_language_filter=bool(languages)))
     if data_folder is not None:
-        tasks = [attach_offline_data(task, data_folder) for task in tasks]
+        items = data_items or {}
+        tasks = [attach_offline_data(task, data_folder, items.get(task.metadata.name, items.get("*")), data_part)
+                 for task in tasks]
     if local:
         tasks += local_tasks(local, size=local_size)
     if not tasks:
