@@ -14,8 +14,16 @@ import torch
 
 from grace.data.process import BadInputError
 from grace.grpo_rm import objective
-from grace.grpo_rm.data import load_labelled, read_labelled_file, stratified_split
-from grace.grpo_rm.evaluate import knn_predictions, probe_accuracy
+from grace.grpo_rm.data import (
+    LabelledData,
+    load_labelled,
+    long_tailed,
+    read_labelled_file,
+    split,
+    stratified_split,
+    wordnet_nouns,
+)
+from grace.grpo_rm.evaluate import knn_predictions, probe_predictions
 from grace.grpo_rm.loop import TrainConfig, batch_order, ce_step, grpo_rm_step, make_optimizer, train
 from grace.grpo_rm.policy import DigitsConvEncoder, TextEncoder, build_policy, make_head
 from tests.tiny_model import build_tiny_encoder
@@ -388,6 +396,53 @@ def test_stratified_split_is_disjoint_deterministic_and_balanced():
         stratified_split(labels, 5, 5, None)
 
 
+def test_long_tailed_keeps_the_written_share_of_each_class():
+    labels = np.repeat(np.arange(5), [40, 30, 50, 45, 60])
+    kept = long_tailed(labels, 10.0, seed=2)
+    ranks = np.random.default_rng(2).permutation(5)
+    expected = [max(1, round(30 * 10.0 ** (-rank / 4))) for rank in ranks]  # n = 30, the smallest class
+    assert np.bincount(labels[kept]).tolist() == expected and max(expected) == 30 and min(expected) == 3
+    for label in range(5):  # each class's first examples, in order
+        assert kept[labels[kept] == label].tolist() == np.flatnonzero(labels == label)[:expected[label]].tolist()
+    assert np.bincount(labels[long_tailed(labels, 1.0)]).tolist() == [30] * 5
+    with pytest.raises(ValueError, match="at least 1, got 0.5"):
+        long_tailed(labels, 0.5)
+
+
+def test_a_shifted_corpus_gives_the_test_items_in_its_domain_or_is_refused_when_it_does_not_align():
+    labels = np.repeat(np.arange(3), 8)
+    data = LabelledData([f"long text {i}" for i in range(24)], labels, ["a", "b", "c"])
+    shifted = LabelledData(["" if i == 5 else f"short {i}" for i in range(24)], labels, ["a", "b", "c"])
+    splits = split(data, 2, 3, None, seed=1, imbalance=2.0, shifted=shifted)
+    _, _, test = stratified_split(labels, 2, 3, None, seed=1)
+    assert splits.shifted_test.inputs == [f"short {i}" for i in test if i != 5]
+    assert splits.shifted_test.labels.tolist() == [labels[i] for i in test if i != 5]
+    assert sorted(np.bincount(splits.train.labels).tolist()) == [2, 2, 3]  # 3 per class, ratio 2: 3, 2, 1.5 -> 2
+    assert np.bincount(splits.test.labels).tolist() == [3, 3, 3]  # the test stays balanced
+    with pytest.raises(ValueError, match="does not align"):
+        split(data, 2, 3, shifted=LabelledData(shifted.inputs, np.roll(labels, 1), ["a", "b", "c"]))
+
+
+def test_wordnet_noun_glosses_are_labelled_by_lexicographer_file(tmp_path):
+    header = "  1 This software and database is being provided to you, the LICENSEE, by\n"
+    synsets = [("00015388", "05", "animal", "a living organism characterized by voluntary movement"),
+               ("02084071", "05", "dog", 'a member of the genus Canis; "the dog barked all night"'),
+               ("02958343", "06", "car", 'a motor vehicle with four wheels; "he needs a car to get to work"'),
+               ("09918248", "18", "child", "a young person of either sex")]
+    lines = [f"{offset} {lexfile} n 01 {word} 0 000 | {gloss}  \n" for offset, lexfile, word, gloss in synsets]
+    (tmp_path / "data.noun").write_text(header + "".join(lines))
+    data = wordnet_nouns(tmp_path, classes=2)  # the two largest files: noun.animal (2), then noun.artifact by name
+    assert data.class_names == ["noun.animal", "noun.artifact"]
+    assert data.inputs == ["a living organism characterized by voluntary movement", "a member of the genus Canis",
+                           "a motor vehicle with four wheels"]
+    assert [data.class_names[label] for label in data.labels] == ["noun.animal", "noun.animal", "noun.artifact"]
+    (tmp_path / "data.noun").write_text(header + lines[0] + "not a synset line\n")
+    with pytest.raises(ValueError, match=r"data.noun:3: not a WordNet noun synset line"):
+        wordnet_nouns(tmp_path)
+    with pytest.raises(FileNotFoundError, match="install the Debian package wordnet-base"):
+        wordnet_nouns(tmp_path / "missing")
+
+
 def test_packaged_corpora_load_with_their_classes():
     topics = load_labelled("wiki-topics")
     assert topics.num_classes == 11 and "Uncategorized" not in topics.class_names and len(topics) > 8000
@@ -418,9 +473,9 @@ def test_probe_separates_separable_classes_and_not_random_labels():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     features = rng.normal(size=(300, 8)) + 6 * np.eye(3, 8)[labels]
-    assert probe_accuracy(features[:200], labels[:200], features[200:], labels[200:]) == 1.0
+    assert (probe_predictions(features[:200], labels[:200], features[200:]) == labels[200:]).mean() == 1.0
     noise = rng.normal(size=(300, 8))
-    assert probe_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6
+    assert (probe_predictions(noise[:200], labels[:200], noise[200:]) == labels[200:]).mean() < 0.6
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
@@ -440,6 +495,24 @@ def test_command_line_trains_digits_and_writes_metrics_and_result(tmp_path, caps
     assert saved["test"] == result["test"] and set(saved["test"]) == {"sr", "knn_majority", "knn_weighted", "head"}
     assert saved["sizes"] == {"train": 1797 - 700, "dev": 200, "test": 500}
     assert "step 4 | loss" in capsys.readouterr().out
+
+
+def test_a_score_at_an_earlier_step_is_the_score_of_a_run_that_stops_there(tmp_path):
+    from grace.grpo_rm.run import RunSettings, run
+
+    settings = RunSettings(data="digits", encoder="digits-cnn", dev_per_class=10, test_per_class=20,
+                           train_per_class=40, evaluate_every=3, imbalance=4.0, ood_data=None)
+    config = TrainConfig(steps=6, batch_size=32, encoder_lr=1e-3, seed=1)
+    long = run(RunSettings(**{**settings.to_dict(), "score_at": (3,)}), config, tmp_path / "long")
+    short = run(settings, TrainConfig(**{**config.to_dict(), "steps": 3}), tmp_path / "short")
+    assert long["test_at"]["3"]["test"] == short["test"] and long["test"] != short["test"]
+    assert long["test_at"]["3"]["test_per_class"] == short["test_per_class"]
+    # the balanced test: the overall accuracy is the mean of the per-class ones
+    assert np.mean(long["test_per_class"]["head"]) == pytest.approx(long["test"]["head"])
+    assert long["train_class_counts"] == [max(1, round(40 * 4.0 ** (-r / 9)))
+                                          for r in np.random.default_rng(0).permutation(10)]
+    with pytest.raises(ValueError, match=r"score_at steps \[4\] are not evaluation steps"):
+        run(RunSettings(**{**settings.to_dict(), "score_at": (4,)}), config, tmp_path / "bad")
 
 
 def test_command_line_refuses_a_missing_data_file(tmp_path):
@@ -496,3 +569,29 @@ def test_comparison_selects_on_dev_runs_every_seed_resumes_and_reports(tmp_path,
     assert "ce" not in partial["arms"] and str(output / "runs" / "ce" / "lr0.001" / "seed100") in partial["missing"]
     with pytest.raises(SystemExit, match="must not be counted"):
         compare.main(argv + ["--selection-seed", "1"])
+
+
+def test_each_budget_chooses_its_rate_on_dev_at_that_step_and_is_scored_there(tmp_path):
+    from grace.grpo_rm import compare
+
+    output = tmp_path / "cmp"
+    argv = ["--data", "digits", "--arms", "frozen", "ce", "grpo_rm_prob", "--lr-grid", "1e-4", "3e-3",
+            "--seeds", "0", "1", "--steps", "6", "--score-at", "3", "--batch-size", "32", "--evaluate-every", "3",
+            "--train-per-class", "40", "--imbalance", "4", "--output", str(output)]
+    summary = compare.main(argv)
+    for arm in ("ce", "grpo_rm_prob"):
+        entry, grid = summary["arms"][arm], {}
+        for lr in (1e-4, 3e-3):
+            selection = json.loads((output / "runs" / arm / f"lr{lr:g}" / "seed100" / "result.json").read_text())
+            grid[lr] = dict(selection["dev_curve"])[3]
+        at_three = max(sorted(grid), key=lambda lr: (grid[lr], -lr))
+        budget = entry["budgets"]["3"]
+        assert budget["chosen_lr"] == at_three and budget["seeds"] == 2
+        runs = [json.loads((output / "runs" / arm / f"lr{at_three:g}" / f"seed{seed}" / "result.json").read_text())
+                for seed in (0, 1)]
+        assert budget["test"]["head"]["values"] == [r["test_at"]["3"]["test"]["head"] for r in runs]
+    frozen = summary["arms"]["frozen"]
+    assert frozen["budgets"]["3"]["test"] == frozen["test"]  # nothing trains: the same at every budget
+    report = (output / "report.md").read_text()
+    assert "## Accuracy by budget" in report and "| 3 steps | 6 steps |" in report
+    assert "## Per class (long-tailed training split, ratio 4" in report and (output / "convergence.png").exists()

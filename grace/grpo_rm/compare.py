@@ -2,13 +2,21 @@
 
     python -m grace.grpo_rm.compare --output grpo_rm_out            # the packaged MiniLM on Wikipedia topics
     python -m grace.grpo_rm.compare --data digits --output grpo_rm_digits
+    python -m grace.grpo_rm.compare --steps 300 --score-at 25 50 100 --output grpo_rm_convergence
+    python -m grace.grpo_rm.compare --imbalance 10 --output grpo_rm_imbalance10
+    python -m grace.grpo_rm.compare --shift-data wiki-descriptions --output grpo_rm_shift
 
 Fairness: every arm starts from the same encoder and head (seeded), sees the same batches in the same order, and
 takes the same steps, batch size and max length. Each trained arm picks its encoder learning rate from the same
 grid by its head accuracy on the dev split, in runs with a selection seed that no test score counts; the test split
 is never used for a choice. At the chosen rate each arm then runs every seed. Test scores (head accuracy,
 softmax-regression probe, kNN) are mean +- std over the seeds; the out-of-distribution probe refits SR and kNN on
-another corpus's embeddings.
+another corpus's embeddings. With `--score-at`, every step count is a budget of its own: the rate is chosen on the
+dev accuracy at that step (the same selection runs), and the test is scored at that step of the runs at that
+rate (training has no schedule, so step 25 of a 300-step run is a 25-step run). With `--imbalance R` the training
+split is long-tailed (dev and test stay balanced) and the report adds per-class accuracies, the tail half of the
+classes apart; with `--shift-data` the trained head and probes are also scored on the test items in another text
+domain with the same labels.
 
 Every run writes OUTPUT/runs/<arm>/lr<lr>/seed<seed>/result.json and is skipped when re-run, so an interrupted
 comparison resumes. The report (OUTPUT/report.md, results.json, accuracy.png) is rebuilt from those files.
@@ -68,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-per-class", type=int, default=20, help="dev examples per class (lr selection)")
     p.add_argument("--test-per-class", type=int, default=50, help="test examples per class")
     p.add_argument("--evaluate-every", type=int, default=25, help="dev head accuracy every N steps (the curves)")
+    p.add_argument("--score-at", type=int, nargs="*", default=[],
+                   help="earlier step counts scored as budgets of their own (multiples of --evaluate-every)")
+    p.add_argument("--imbalance", type=float, default=1.0,
+                   help="long-tailed training split: ratio of the largest class to the smallest (1: balanced)")
+    p.add_argument("--shift-data", default=None,
+                   help="the test items in another text domain with the same labels (wiki-descriptions)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--output", default="grpo_rm_out", help="output folder (runs/ and the report)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the finished runs")
@@ -100,9 +114,20 @@ def ensure_run(output: Path, arm: str, lr: float | None, seed: int, settings: Ru
     return result
 
 
-def choose_lr(results_by_lr: dict[float, dict]) -> float:
-    """The learning rate with the best dev head accuracy (ties: the smaller rate)."""
-    return max(sorted(results_by_lr), key=lambda lr: (results_by_lr[lr]["dev"]["head"], -lr))
+def dev_head_at(result: dict, step: int | None = None) -> float:
+    """A run's dev head accuracy after `step` steps (None: at its end)."""
+    if step is None or step == result["config"]["steps"]:
+        return result["dev"]["head"]
+    for at, value in result["dev_curve"]:
+        if at == step:
+            return value
+    raise KeyError(f"no dev accuracy at step {step}: the run evaluated at {[at for at, _ in result['dev_curve']]}")
+
+
+def choose_lr(results_by_lr: dict[float, dict], step: int | None = None) -> float:
+    """The learning rate with the best dev head accuracy after `step` steps (None: at the end; ties: the smaller
+    rate)."""
+    return max(sorted(results_by_lr), key=lambda lr: (dev_head_at(results_by_lr[lr], step), -lr))
 
 
 def summarise(values: list[float]) -> dict:
@@ -110,7 +135,22 @@ def summarise(values: list[float]) -> dict:
             "n": len(values), "values": values}
 
 
-def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int], selection_seed: int) -> dict:
+def over_seeds(results: list[dict], step: int | None = None) -> dict:
+    """Test (and shifted test) accuracies as mean and std over the runs, at their end or after `step` steps, with
+    the mean per-class test accuracies."""
+    blocks = [r if step is None else r["test_at"][str(step)] for r in results]
+    entry = {"test": {score: summarise([b["test"][score] for b in blocks]) for score in SCORES
+                      if score in blocks[0]["test"]}}
+    if "shift" in blocks[0]:
+        entry["shift"] = {score: summarise([b["shift"][score] for b in blocks]) for score in blocks[0]["shift"]}
+    if "test_per_class" in blocks[0]:
+        entry["test_per_class"] = {name: np.mean([b["test_per_class"][name] for b in blocks], axis=0).tolist()
+                                   for name in blocks[0]["test_per_class"]}
+    return entry
+
+
+def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int], selection_seed: int,
+            score_at: list[int] = ()) -> dict:
     """results.json's content, from the finished runs only (missing runs are listed, not guessed)."""
     summary = {"arms": {}, "missing": []}
     for arm in arms:
@@ -136,11 +176,23 @@ def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int
             "dev_grid": {str(lr): r["dev"].get("head") for lr, r in selection.items()},
             "seeds": len(finished),
             "seconds_per_step": summarise([r["seconds_per_step"] for r in finished]) if chosen is not None else None,
-            "test": {score: summarise([r["test"][score] for r in finished])
-                     for score in SCORES if score in finished[0]["test"]},
+            **over_seeds(finished),
             "dev_curves": [r["dev_curve"] for r in finished],
             "train_accuracy": [r["train_accuracy"] for r in finished],
+            "classes": finished[0]["classes"],
+            "train_class_counts": finished[0].get("train_class_counts"),
+            "budgets": {},
         }
+        for step in score_at:  # each budget at the rate its own dev accuracy chose, from that rate's runs
+            if chosen is None:  # the frozen encoder scores the same at every budget
+                entry["budgets"][str(step)] = {"chosen_lr": None, "seeds": len(finished), **over_seeds(finished)}
+                continue
+            at_lr = choose_lr(selection, step)
+            folders = [run_folder(output, arm, at_lr, seed) for seed in test_seeds]
+            runs_at = [r for r in map(_load, folders) if r is not None]
+            summary["missing"] += [str(f) for f in folders if _load(f) is None and str(f) not in summary["missing"]]
+            if runs_at:
+                entry["budgets"][str(step)] = {"chosen_lr": at_lr, "seeds": len(runs_at), **over_seeds(runs_at, step)}
         if "ood" in finished[0]:
             entry["ood"] = {score: summarise([r["ood"][score] for r in finished]) for score in finished[0]["ood"]}
         entry["sizes"] = finished[0]["sizes"]
@@ -184,6 +236,76 @@ def plot(summary: dict, path: Path, smoothing: int = 10) -> None:
     plt.close(fig)
 
 
+def plot_convergence(summary: dict, path: Path) -> None:
+    """Test head accuracy (SR for the frozen arm) against the step budget, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [*summary["settings"]["score_at"], summary["steps"]]
+    fig, axis = plt.subplots(figsize=(6.5, 4.5))
+    for arm, entry in summary["arms"].items():
+        score = "sr" if entry["chosen_lr"] is None else "head"
+        cells = [entry["budgets"].get(str(b)) if b != summary["steps"] else entry for b in budgets]
+        shown = [(b, c["test"][score]) for b, c in zip(budgets, cells) if c is not None]
+        axis.errorbar([b for b, _ in shown], [100 * t["mean"] for _, t in shown],
+                      yerr=[100 * t["std"] for _, t in shown], label=f"{arm} ({score})", capsize=2, marker="o")
+    axis.set(xscale="log", xlabel="training steps (the budget; lr chosen on dev at each)", ylabel="test accuracy (%)",
+             title="accuracy by budget (mean ± std over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tail_classes(counts: list[int]) -> list[int]:
+    """The half of the classes (rounded down) with the fewest training examples (ties: the lower index)."""
+    return sorted(range(len(counts)), key=lambda c: (counts[c], c))[:len(counts) // 2]
+
+
+def convergence_lines(summary: dict) -> list[str]:
+    budgets = [*summary["settings"]["score_at"], summary["steps"]]
+    lines = ["## Accuracy by budget (test head accuracy / SR %, mean ± std over seeds; encoder lr chosen on dev at "
+             "each budget)", "", "| arm | " + " | ".join(f"{b} steps" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for arm, entry in summary["arms"].items():
+        cells = []
+        for budget in budgets:
+            cell = entry if budget == summary["steps"] else entry["budgets"].get(str(budget))
+            if cell is None:
+                cells.append("–")
+                continue
+            lr = "" if entry["chosen_lr"] is None else f" (lr {cell['chosen_lr']:g})"
+            cells.append(f"{_cell(cell['test'].get('head'))} / {_cell(cell['test']['sr'])}{lr}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines + ["", "![accuracy by budget](convergence.png)", ""]
+
+
+def imbalance_lines(summary: dict) -> list[str]:
+    arms = summary["arms"]
+    first = next(iter(arms.values()))
+    counts, classes = first["train_class_counts"], first["classes"]
+    tail = tail_classes(counts)
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    lines = [f"## Per class (long-tailed training split, ratio {summary['settings']['imbalance']:g}; balanced test)",
+             "", "Training examples per class: " + ", ".join(f"{classes[c]} {counts[c]}" for c in order) + ". Tail: "
+             f"the {len(tail)} classes with the fewest ({', '.join(classes[c] for c in tail)}). Mean test accuracy "
+             "per class (the balanced test makes the overall accuracy their mean), over seeds, in %:", "",
+             "| arm | head: all | head: tail | SR: all | SR: tail | " +
+             " | ".join(classes[c] for c in order) + " (head; SR when frozen) |",
+             "|---|---|---|---|---|" + "---|" * len(order)]
+    for arm, entry in arms.items():
+        per_class = entry["test_per_class"]
+        tails = {name: f"{100 * np.mean([per_class[name][c] for c in tail]):.1f}" if name in per_class else "–"
+                 for name in ("head", "sr")}
+        shown = per_class.get("head", per_class["sr"])
+        lines.append(f"| {arm} | {_cell(entry['test'].get('head'))} | {tails['head']} | {_cell(entry['test']['sr'])} "
+                     f"| {tails['sr']} | " + " | ".join(f"{100 * shown[c]:.0f}" for c in order) + " |")
+    return lines + [""]
+
+
 def verdict(arms: dict) -> str:
     """A plain sentence: the best GRPO-RM arm against CE per score, called a difference only when the means are
     further apart than the two seed standard deviations together."""
@@ -207,21 +329,27 @@ def verdict(arms: dict) -> str:
 def write_report(summary: dict, output: Path, command: str, machine: str) -> None:
     arms = summary["arms"]
     sizes = next(iter(arms.values()))["sizes"] if arms else {}
+    shifted = any("shift" in entry for entry in arms.values())
     lines = [f"# GRPO-RM against standard fine-tuning: {summary['data']}", "",
              f"Command: `{command}`", "", f"Machine: {machine}", "",
              f"Splits (stratified, fixed seed): {sizes}. Scores are test accuracies in %, mean ± std over "
              f"{summary['seeds']} seeds (sample std); the frozen arm is deterministic (one run). Each trained arm's "
              f"encoder lr was chosen from {summary['lr_grid']} on the dev head accuracy of runs with seed "
              f"{summary['selection_seed']}, which no test score counts.",
-             "", "| arm | encoder lr | head | SR | kNN majority | kNN weighted | OOD SR | OOD kNN weighted | s/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| arm | encoder lr | head | SR | kNN majority | kNN weighted | OOD SR | OOD kNN weighted | s/step |"
+             + (" shifted: head | shifted: SR | shifted: kNN weighted |" if shifted else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if shifted else "")]
     for arm, entry in arms.items():
-        test, ood = entry["test"], entry.get("ood", {})
+        test, ood, shift = entry["test"], entry.get("ood", {}), entry.get("shift", {})
         seconds = f"{entry['seconds_per_step']['mean']:.3g}" if entry["seconds_per_step"] else "–"
         lines.append(f"| {arm} | {entry['chosen_lr'] if entry['chosen_lr'] is not None else 'frozen'} | "
                      f"{_cell(test.get('head'))} | {_cell(test['sr'])} | {_cell(test['knn_majority'])} | "
                      f"{_cell(test['knn_weighted'])} | {_cell(ood.get('sr'))} | {_cell(ood.get('knn_weighted'))} | "
-                     f"{seconds} |")
+                     f"{seconds} |" + (f" {_cell(shift.get('head'))} | {_cell(shift.get('sr'))} | "
+                                       f"{_cell(shift.get('knn_weighted'))} |" if shifted else ""))
+    if shifted:
+        lines += ["", f"Shifted: the test items as {summary['settings']['shift_data']} (the same labels in another "
+                  "text domain); the trained head as it is, SR and kNN fitted on the training split's embeddings."]
     lines += ["", verdict(arms), "",
               f"## Learning-rate selection (dev head accuracy %, seed {summary['selection_seed']}): every run", "",
               "| arm | " + " | ".join(f"lr {lr:g}" for lr in summary["lr_grid"]) + " |",
@@ -231,6 +359,10 @@ def write_report(summary: dict, output: Path, command: str, machine: str) -> Non
             continue
         cells = [entry["dev_grid"].get(str(lr)) for lr in summary["lr_grid"]]
         lines.append(f"| {arm} | " + " | ".join("–" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
+    if arms and summary["settings"]["score_at"]:
+        lines += [""] + convergence_lines(summary)
+    if arms and summary["settings"]["imbalance"] != 1:
+        lines += [""] + imbalance_lines(summary)
     if summary["missing"]:
         lines += ["", f"**Unfinished runs ({len(summary['missing'])})**: " + ", ".join(summary["missing"])]
     lines += ["", "![accuracy curves](accuracy.png)", ""]
@@ -252,6 +384,7 @@ def main(argv=None) -> dict:
                            head=args.head, max_length=args.max_length, dev_per_class=args.dev_per_class,
                            test_per_class=args.test_per_class, train_per_class=args.train_per_class,
                            ood_data=args.ood_data or ("sentiment" if text_data else None),
+                           imbalance=args.imbalance, shift_data=args.shift_data, score_at=tuple(args.score_at),
                            evaluate_every=args.evaluate_every, device=args.device)
     output = Path(args.output)
     if not args.report_only:
@@ -262,10 +395,10 @@ def main(argv=None) -> dict:
                 continue
             by_lr = {lr: ensure_run(output, arm, lr, args.selection_seed, settings, args, splits)
                      for lr in args.lr_grid}
-            chosen = choose_lr(by_lr)
-            for seed in args.seeds:
-                ensure_run(output, arm, chosen, seed, settings, args, splits)
-    summary = collect(output, args.arms, args.lr_grid, args.seeds, args.selection_seed)
+            for chosen in dict.fromkeys(choose_lr(by_lr, step) for step in [args.steps, *args.score_at]):
+                for seed in args.seeds:
+                    ensure_run(output, arm, chosen, seed, settings, args, splits)
+    summary = collect(output, args.arms, args.lr_grid, args.seeds, args.selection_seed, args.score_at)
     summary.update(data=args.data, settings=settings.to_dict(), lr_grid=args.lr_grid, seeds=args.seeds,
                    selection_seed=args.selection_seed, steps=args.steps, batch_size=args.batch_size)
     output.mkdir(parents=True, exist_ok=True)
@@ -274,7 +407,9 @@ def main(argv=None) -> dict:
     command = "python -m grace.grpo_rm.compare " + " ".join(shlex.quote(a) for a in run_args)
     write_report(summary, output, command.strip(), machine_description())
     plot(summary, output / "accuracy.png")
-    print(f"wrote {output}/report.md, results.json and accuracy.png")
+    if summary["arms"] and args.score_at:
+        plot_convergence(summary, output / "convergence.png")
+    print(f"wrote {output}/report.md, results.json and plots")
     return summary
 
 

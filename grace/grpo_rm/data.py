@@ -7,9 +7,17 @@ stratified splits.
 - a user file: JSONL, CSV or parquet with a `text` and a `label` column. Bad rows (not JSON, missing or empty
   text, missing label) are skipped and reported with their line numbers (row numbers for parquet), as
   `process_data.py` does; `strict` makes the first one an error.
+- `wiki-descriptions`: the same articles, in the same order and with the same labels, as their short Wikidata
+  descriptions ("American singer") instead of their lead sections: the same labels in another text domain. An
+  article without a description has an empty text here; `split` leaves those out of the shifted test set.
 - `sentiment`: the 200 movie-review sentences of gensim's test data labelled positive / negative: the
   out-of-distribution corpus of the comparison (different text, different labels).
+- `wordnet-nouns`: WordNet 3.0's noun glosses (Debian package `wordnet-base`, /usr/share/wordnet/data.noun)
+  labelled by their lexicographer file (noun.animal, noun.artifact, ...), the 12 largest classes: a second real
+  labelled text corpus.
 - `digits`: scikit-learn's bundled 8x8 digit images (1,797 images, 10 classes).
+
+`long_tailed` subsamples a training split to an imbalance ratio (the largest class over the smallest).
 """
 
 from __future__ import annotations
@@ -71,6 +79,51 @@ def wiki_topics() -> LabelledData:
     kept = [a for a in training_articles
             if a.get("extract", "").strip() and a.get("topic") and a["topic"] != UNCATEGORIZED]
     return _labelled([" ".join(a["extract"].split()) for a in kept], [a["topic"] for a in kept])
+
+
+def wiki_descriptions() -> LabelledData:
+    """`wiki-topics`' articles, in its order and with its labels, as their descriptions (empty where missing)."""
+    from grace.data.assets import load_wiki_articles
+    from grace.data.demo import split_articles
+
+    training_articles, _ = split_articles(load_wiki_articles())
+    kept = [a for a in training_articles
+            if a.get("extract", "").strip() and a.get("topic") and a["topic"] != UNCATEGORIZED]
+    return _labelled([" ".join((a.get("description") or "").split()) for a in kept], [a["topic"] for a in kept])
+
+
+# WordNet's lexicographer files (lexnames(5WN)) that hold nouns, by number
+NOUN_LEXNAMES = {3: "Tops", 4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition",
+                 10: "communication", 11: "event", 12: "feeling", 13: "food", 14: "group", 15: "location",
+                 16: "motive", 17: "object", 18: "person", 19: "phenomenon", 20: "plant", 21: "possession",
+                 22: "process", 23: "quantity", 24: "relation", 25: "shape", 26: "state", 27: "substance",
+                 28: "time"}
+WORDNET_FOLDER = Path("/usr/share/wordnet")
+
+
+def wordnet_nouns(folder: Path = WORDNET_FOLDER, classes: int = 12) -> LabelledData:
+    """WordNet noun glosses (the definition, without its quoted examples) labelled by lexicographer file, the
+    `classes` largest files; raises naming the file of a bad line."""
+    path = Path(folder) / "data.noun"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (install the Debian package wordnet-base)")
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.startswith("  "):  # the licence header
+                continue
+            fields, bar, gloss = line.partition(" | ")
+            parts = fields.split()
+            if not bar or len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) not in NOUN_LEXNAMES:
+                raise ValueError(f"{path}:{number}: not a WordNet noun synset line")
+            definition = gloss.split('; "')[0].strip().strip(";").strip()
+            if definition:
+                texts.append(definition)
+                labels.append("noun." + NOUN_LEXNAMES[int(parts[1])])
+    counts = {name: labels.count(name) for name in set(labels)}
+    largest = set(sorted(counts, key=lambda name: (-counts[name], name))[:classes])
+    kept = [i for i, name in enumerate(labels) if name in largest]
+    return _labelled([texts[i] for i in kept], [labels[i] for i in kept])
 
 
 def sentiment_sentences() -> LabelledData:
@@ -168,8 +221,10 @@ def read_labelled_file(path: str | Path, strict: bool = False) -> tuple[Labelled
 
 
 def load_labelled(name: str, strict: bool = False) -> LabelledData:
-    """`wiki-topics`, `sentiment`, `digits`, or a file path (bad rows printed)."""
-    builtin = {"wiki-topics": wiki_topics, "sentiment": sentiment_sentences, "digits": digits}
+    """`wiki-topics`, `wiki-descriptions`, `sentiment`, `wordnet-nouns`, `digits`, or a file path (bad rows
+    printed)."""
+    builtin = {"wiki-topics": wiki_topics, "wiki-descriptions": wiki_descriptions, "sentiment": sentiment_sentences,
+               "wordnet-nouns": wordnet_nouns, "digits": digits}
     if name in builtin:
         return builtin[name]()
     data, report = read_labelled_file(name, strict=strict)
@@ -183,6 +238,7 @@ class Splits:
     train: LabelledData
     dev: LabelledData
     test: LabelledData
+    shifted_test: LabelledData | None = None  # the test items in another text domain, with the same labels
 
 
 def stratified_split(labels: np.ndarray, dev_per_class: int, test_per_class: int, train_per_class: int | None,
@@ -204,7 +260,33 @@ def stratified_split(labels: np.ndarray, dev_per_class: int, test_per_class: int
     return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
+def long_tailed(labels: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
+    """Indices of a long-tailed subsample: with n the smallest class's count, the class of rank r in a seeded
+    permutation of the classes keeps its first round(n * ratio^(-r / (C - 1))) examples (at least 1), so the head
+    class keeps n and the last keeps n / ratio; ratio 1 keeps n of every class."""
+    if ratio < 1:
+        raise ValueError(f"the imbalance ratio is the largest class over the smallest: at least 1, got {ratio}")
+    classes = np.unique(labels)
+    largest = min(int((labels == label).sum()) for label in classes)
+    ranks = np.random.default_rng(seed).permutation(len(classes))
+    keep = []
+    for label, rank in zip(classes, ranks):
+        count = max(1, int(round(largest * ratio ** (-rank / max(len(classes) - 1, 1)))))
+        keep.append(np.flatnonzero(labels == label)[:count])
+    return np.sort(np.concatenate(keep))
+
+
 def split(data: LabelledData, dev_per_class: int, test_per_class: int, train_per_class: int | None = None,
-          seed: int = 0) -> Splits:
+          seed: int = 0, imbalance: float = 1.0, shifted: LabelledData | None = None) -> Splits:
+    """Stratified splits; with `imbalance` > 1 a long-tailed training split (dev and test stay balanced); with
+    `shifted` (the same items in another text domain, same labels), its test items with a non-empty text."""
     train, dev, test = stratified_split(data.labels, dev_per_class, test_per_class, train_per_class, seed)
-    return Splits(data.subset(train), data.subset(dev), data.subset(test))
+    if imbalance != 1.0:
+        train = train[long_tailed(data.labels[train], imbalance, seed)]
+    shifted_test = None
+    if shifted is not None:
+        if len(shifted) != len(data) or not np.array_equal(shifted.labels, data.labels):
+            raise ValueError(f"the shifted corpus ({len(shifted)} items) does not align with the data ({len(data)} "
+                             "items): it must hold the same items, in the same order, with the same labels")
+        shifted_test = shifted.subset([i for i in test if shifted.inputs[i].strip()])
+    return Splits(data.subset(train), data.subset(dev), data.subset(test), shifted_test)

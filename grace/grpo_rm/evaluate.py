@@ -41,16 +41,15 @@ def embed(encoder, data: LabelledData, batch_size: int = 128) -> np.ndarray:
     return torch.cat(embeddings).numpy()
 
 
-def probe_accuracy(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray,
-                   test_labels: np.ndarray) -> float:
-    """Softmax regression fitted on the training embeddings, accuracy on the test embeddings."""
+def probe_predictions(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray
+                      ) -> np.ndarray:
+    """Classes predicted by a softmax regression fitted on the training embeddings."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    probe.fit(train_embeddings, train_labels)
-    return float((probe.predict(test_embeddings) == test_labels).mean())
+    return probe.fit(train_embeddings, train_labels).predict(test_embeddings)
 
 
 def knn_predictions(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray,
@@ -69,10 +68,22 @@ def knn_predictions(train_embeddings: np.ndarray, train_labels: np.ndarray, test
     return {"majority": majority.numpy(), "weighted": weighted.numpy()}
 
 
+def representation_predictions(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray,
+                               k: int = 20) -> dict[str, np.ndarray]:
+    """{"sr", "knn_majority", "knn_weighted"}: the classes each predicts for the test embeddings."""
+    knn = knn_predictions(train_embeddings, train_labels, test_embeddings, k)
+    return {"sr": probe_predictions(train_embeddings, train_labels, test_embeddings),
+            "knn_majority": knn["majority"], "knn_weighted": knn["weighted"]}
+
+
+def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Accuracy on each class's items (None for a class with no item)."""
+    return [float((predictions[labels == c] == c).mean()) if (labels == c).any() else None
+            for c in range(num_classes)]
+
+
 def representation_scores(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray,
                           test_labels: np.ndarray, k: int = 20) -> dict[str, float]:
     """{"sr", "knn_majority", "knn_weighted"} accuracies in [0, 1]."""
-    knn = knn_predictions(train_embeddings, train_labels, test_embeddings, k)
-    return {"sr": probe_accuracy(train_embeddings, train_labels, test_embeddings, test_labels),
-            "knn_majority": float((knn["majority"] == test_labels).mean()),
-            "knn_weighted": float((knn["weighted"] == test_labels).mean())}
+    predictions = representation_predictions(train_embeddings, train_labels, test_embeddings, k)
+    return {name: float((predicted == test_labels).mean()) for name, predicted in predictions.items()}

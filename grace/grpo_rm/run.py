@@ -1,8 +1,9 @@
 """One GRPO-RM (or CE, or frozen) run: data and fixed splits -> policy -> training -> evaluation -> files.
 
 Writes into its output folder `metrics.jsonl` (a record per step, `eval_*` values on evaluation steps),
-`result.json` (settings, per-step seconds, dev and test scores; written last, so it marks the run as done) and,
-with `save_encoder`, `encoder/` (a sentence-transformers folder for text encoders).
+`result.json` (settings, per-step seconds, dev and test scores, per-class test accuracies, and as asked: scores on
+the shifted test set, test scores at earlier steps; written last, so it marks the run as done) and, with
+`save_encoder`, `encoder/` (a sentence-transformers folder for text encoders).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from grace.grpo_rm.data import LabelledData, Splits, load_labelled, split
-from grace.grpo_rm.evaluate import embed, embed_and_classify, representation_scores
+from grace.grpo_rm.evaluate import (
+    embed,
+    embed_and_classify,
+    per_class_accuracy,
+    representation_predictions,
+    representation_scores,
+)
 from grace.grpo_rm.loop import TrainConfig, train
 from grace.grpo_rm.policy import build_policy
 
@@ -33,6 +40,9 @@ class RunSettings:
     split_seed: int = 0
     ood_data: str | None = None  # another labelled corpus for the out-of-distribution probe
     ood_test_per_class: int = 40
+    imbalance: float = 1.0  # > 1: a long-tailed training split with this ratio (`data.long_tailed`)
+    shift_data: str | None = None  # the data's items in another text domain: the same-label shifted test set
+    score_at: tuple[int, ...] = ()  # earlier steps (multiples of evaluate_every) at which the test is scored too
     knn_k: int = 20
     evaluate_every: int = 25
     device: str = "cpu"
@@ -42,22 +52,45 @@ class RunSettings:
 
 
 def load_splits(settings: RunSettings) -> Splits:
+    shifted = load_labelled(settings.shift_data) if settings.shift_data else None
     return split(load_labelled(settings.data), settings.dev_per_class, settings.test_per_class,
-                 settings.train_per_class, settings.split_seed)
+                 settings.train_per_class, settings.split_seed, settings.imbalance, shifted)
 
 
-def _scores(policy, train_embeddings: np.ndarray, train_labels: np.ndarray, test_data: LabelledData, k: int,
-            with_head: bool) -> dict:
-    test_embeddings, predictions = embed_and_classify(policy, test_data)
-    scores = representation_scores(train_embeddings, train_labels, test_embeddings, test_data.labels, k)
-    if with_head:
-        scores["head"] = float((predictions == test_data.labels).mean())
+def _predictions(policy, train_embeddings: np.ndarray, train_labels: np.ndarray, test_data: LabelledData, k: int,
+                 with_head: bool) -> dict[str, np.ndarray]:
+    test_embeddings, head = embed_and_classify(policy, test_data)
+    predictions = representation_predictions(train_embeddings, train_labels, test_embeddings, k)
+    return {"head": head, **predictions} if with_head else predictions
+
+
+def _accuracies(predictions: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    return {name: float((predicted == labels).mean()) for name, predicted in predictions.items()}
+
+
+def _test_scores(policy, splits: Splits, k: int, with_head: bool, train_embeddings: np.ndarray | None = None
+                 ) -> dict:
+    """{"test": accuracies, "test_per_class": per-class accuracies, "shift": accuracies on the shifted test set}."""
+    if train_embeddings is None:
+        train_embeddings = embed(policy.encoder, splits.train)
+    predictions = _predictions(policy, train_embeddings, splits.train.labels, splits.test, k, with_head)
+    scores = {"test": _accuracies(predictions, splits.test.labels),
+              "test_per_class": {name: per_class_accuracy(predicted, splits.test.labels, splits.test.num_classes)
+                                 for name, predicted in predictions.items()}}
+    if splits.shifted_test is not None:
+        shifted = _predictions(policy, train_embeddings, splits.train.labels, splits.shifted_test, k, with_head)
+        scores["shift"] = _accuracies(shifted, splits.shifted_test.labels)
     return scores
 
 
 def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = None, frozen: bool = False,
         splits: Splits | None = None, save_encoder: bool = False, on_step=None) -> dict:
     """Train (unless `frozen`) and evaluate; returns the result record (also written to output/result.json)."""
+    early = [step for step in settings.score_at if step >= config.steps or not settings.evaluate_every
+             or step % settings.evaluate_every]
+    if early and not frozen:
+        raise ValueError(f"score_at steps {early} are not evaluation steps before the last ({config.steps}): use "
+                         f"multiples of evaluate_every ({settings.evaluate_every}) below it")
     splits = splits or load_splits(settings)
     ood = None
     if settings.ood_data:
@@ -79,7 +112,11 @@ def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = 
         if on_step:
             on_step(entry)
 
-    def dev_accuracy(_step: int) -> dict:
+    scores_at = {}
+
+    def dev_accuracy(step: int) -> dict:
+        if step in settings.score_at:
+            scores_at[str(step)] = _test_scores(policy, splits, settings.knn_k, True)
         _, predictions = embed_and_classify(policy, splits.dev)
         return {"dev_head_accuracy": float((predictions == splits.dev.labels).mean())}
 
@@ -94,6 +131,8 @@ def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = 
             log.close()
     train_seconds = time.perf_counter() - started
     train_embeddings = embed(policy.encoder, splits.train)
+    dev_predictions = _predictions(policy, train_embeddings, splits.train.labels, splits.dev, settings.knn_k,
+                                   not frozen)
     step_seconds = [h["seconds"] for h in history if "seconds" in h]
     result = {
         "settings": settings.to_dict(), "config": config.to_dict(), "frozen": frozen,
@@ -103,8 +142,10 @@ def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = 
         "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
         "dev_curve": [(h["step"], h["eval_dev_head_accuracy"]) for h in history if "eval_dev_head_accuracy" in h],
         "train_accuracy": [h["accuracy"] for h in history if "accuracy" in h],
-        "dev": _scores(policy, train_embeddings, splits.train.labels, splits.dev, settings.knn_k, not frozen),
-        "test": _scores(policy, train_embeddings, splits.train.labels, splits.test, settings.knn_k, not frozen),
+        "train_class_counts": np.bincount(splits.train.labels, minlength=splits.train.num_classes).tolist(),
+        "dev": _accuracies(dev_predictions, splits.dev.labels),
+        **_test_scores(policy, splits, settings.knn_k, not frozen, train_embeddings),
+        "test_at": scores_at,
     }
     if ood:
         ood_train_embeddings = embed(policy.encoder, ood[0])

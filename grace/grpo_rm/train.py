@@ -29,8 +29,8 @@ LOGGED = ("loss", "reward", "true_class_advantage", "clip_fraction", "logit_norm
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="wiki-topics",
-                   help="wiki-topics (packaged Wikipedia, 11 topics), sentiment, digits, or a JSONL/CSV/parquet "
-                        "file with `text` and `label` columns")
+                   help="wiki-topics (packaged Wikipedia, 11 topics), wiki-descriptions, sentiment, wordnet-nouns "
+                        "(Debian wordnet-base), digits, or a JSONL/CSV/parquet file with `text` and `label` columns")
     p.add_argument("--encoder", default=None,
                    help="minilm (packaged all-MiniLM-L6-v2), digits-cnn, or a sentence-transformers / Hugging Face "
                         "encoder folder (default: digits-cnn for --data digits, else minilm)")
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, default=None, help="cap on training examples per class")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed train/dev/test split")
     p.add_argument("--ood-data", default=None, help="a second labelled corpus for the out-of-distribution probe")
+    p.add_argument("--imbalance", type=float, default=1.0,
+                   help="train on a long-tailed subsample with this ratio of largest to smallest class (1: balanced)")
+    p.add_argument("--shift-data", default=None,
+                   help="the data's items in another text domain with the same labels (wiki-descriptions for "
+                        "wiki-topics): the trained head and probes are also scored on its test items")
+    p.add_argument("--score-at", type=int, nargs="*", default=[],
+                   help="earlier steps (multiples of --evaluate-every) at which the test split is scored too")
     p.add_argument("--evaluate-every", type=int, default=25, help="dev head accuracy every N steps (0: never)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -75,8 +82,9 @@ def settings_from_args(args) -> tuple[RunSettings, TrainConfig]:
     settings = RunSettings(data=args.data, encoder=encoder, head=args.head, temperature=args.temperature,
                            max_length=args.max_length, dev_per_class=args.dev_per_class,
                            test_per_class=args.test_per_class, train_per_class=args.train_per_class,
-                           split_seed=args.split_seed, ood_data=args.ood_data, evaluate_every=args.evaluate_every,
-                           device=args.device)
+                           split_seed=args.split_seed, ood_data=args.ood_data, imbalance=args.imbalance,
+                           shift_data=args.shift_data, score_at=tuple(args.score_at),
+                           evaluate_every=args.evaluate_every, device=args.device)
     config = TrainConfig(objective=args.objective, steps=args.steps, batch_size=args.batch_size,
                          encoder_lr=args.encoder_lr, head_lr=args.head_lr, train_encoder=not args.freeze_encoder,
                          inner_updates=args.inner_updates, clip_eps=args.clip_eps,
