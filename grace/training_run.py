@@ -72,7 +72,8 @@ class TrainingSettings:
     cpu_dtype: str = _setting("auto", "compute dtype of CPU training; auto: bfloat16 only where the CPU runs it "
                                       "natively", choices=["auto", "float32", "bfloat16"])
     n_gpus: int = _setting(1, "GPUs (or CPU placeholder ranks) for training")
-    seed: int = _setting(0, "training seed: the order in which the training prompts are drawn")
+    seed: int = _setting(0, "training seed: the order in which the training prompts are drawn and the rollouts' "
+                            "sampling seeds")
 
 
 def add_flags(parser, settings_class) -> None:
@@ -212,6 +213,7 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={mini_batch * s.rollouts}",
         "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",
         "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"+actor_rollout_ref.rollout.seed={s.seed}",
         f"actor_rollout_ref.rollout.n={s.rollouts}", f"actor_rollout_ref.rollout.temperature={s.temperature}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={s.prompts * s.rollouts}",
         "reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1",

@@ -87,17 +87,31 @@ def test_one_rank_batches_continuously_several_ranks_and_other_rollouts_do_not(c
     assert grace_rollout(other, 1) is other  # vLLM's rollout is verl's own
 
 
-def test_continuous_batching_samples_n_per_prompt_from_the_seeded_global_rng(chaotic_model, prompts):
+@pytest.mark.parametrize("continuous_batching", PATHS.values(), ids=PATHS.keys())
+def test_rollouts_sample_n_per_prompt_from_the_rollout_seed_whatever_the_global_rng(continuous_batching,
+                                                                                    chaotic_model, prompts):
     batch = left_padded_prompts(prompts[:4], 0, eos_token_id=10**6)
-    rollout = grace_rollout(HFRollout(chaotic_model, rollout_config(12, n=3)), world_size=1)
-    torch.manual_seed(5)
-    first = rollout.generate_sequences(batch).batch
-    torch.manual_seed(5)
-    again = rollout.generate_sequences(batch).batch
-    chaotic_model.eval()
+
+    def rollouts(seed=0, rank=0, calls=1):
+        config = OmegaConf.merge(rollout_config(12, n=3), {"seed": seed})
+        rollout = GraceHFRollout(chaotic_model, config, continuous_batching, rank)
+        torch.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))  # any global state
+        for _ in range(calls):
+            out = rollout.generate_sequences(batch).batch
+        chaotic_model.eval()
+        return out
+
+    first, again = rollouts(), rollouts()
     assert first["responses"].shape == (12, 12) and torch.equal(first["responses"], again["responses"])
     assert torch.equal(first["prompts"], batch.batch["input_ids"].repeat_interleave(3, dim=0))
     assert len({tuple(r.tolist()) for r in first["responses"]}) > 4  # sampled: copies of a prompt differ
+    for other in (rollouts(seed=1), rollouts(rank=1), rollouts(calls=2)):  # another seed, rank or call: other draws
+        assert not torch.equal(first["responses"], other["responses"])
+    rollout = GraceHFRollout(chaotic_model, rollout_config(12, n=3), continuous_batching)
+    before = torch.get_rng_state()
+    rollout.generate_sequences(batch)
+    chaotic_model.eval()
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is left as it was
 
 
 class SamplingSpy:

@@ -102,6 +102,16 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     check_merged_checkpoint(tiny_model_path, tmp_path / "checkpoints", tmp_path / "merged")
     check_eval_sh(tiny_model_path, tmp_path / "checkpoints", tmp_path / "eval")
 
+    # A checkpoint changes nothing: saving after every step gives the same rollouts and rewards as not saving.
+    saving = tmp_path / "saving"
+    run_grace(compose_config(tiny_overrides(data, tiny_model_path, saving, steps=2) + GRACE_OVERRIDES
+                             + ["+data.train_mode=supervised", "trainer.save_freq=1"]))
+    assert sorted(p.name for p in (saving / "checkpoints").glob("global_step_*")) == ["global_step_1",
+                                                                                      "global_step_2"]
+    for name in ("1.jsonl", "2.jsonl"):
+        assert (saving / "rollouts" / name).read_text() == (tmp_path / "rollouts" / name).read_text()
+    assert [m["grace/total"] for m in read_metrics(saving)] == [m["grace/total"] for m in metrics]
+
     # Resume: the next run continues at step 3 with the rows that steps 1 and 2 did not use.
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=3) + GRACE_OVERRIDES
                              + ["trainer.resume_mode=auto"]))

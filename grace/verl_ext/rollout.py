@@ -12,7 +12,10 @@ verl 0.4.1's `HFRollout._generate_minibatch` builds the sampling options from it
 
 `GraceHFRollout` keeps everything of verl's `_generate_minibatch` and swaps only the call to `generate`, through a
 stand-in module: positions come from the mask, and verl's options are the whole sampling rule (temperature, top-p,
-top-k, or val_kwargs in validation; no repetition penalty; the checkpoint's own sampling fields are not read). On
+top-k, or val_kwargs in validation; no repetition penalty; the checkpoint's own sampling fields are not read), and
+each generation's sampling seed comes from the rollout's `seed` (vLLM's key; default 0) and the rank: verl seeds
+no random generator for its HF rollout, and torch's global one starts from a random seed in every process, so the
+same run gave other rollouts each time. On
 one rank `generate` is the continuous-batching generator (`grace.generation`: 3.2x faster than `model.generate` on
 SmolLM2 on a CPU); with several ranks FSDP needs every rank to run the same number of forwards, which continuous
 batching does not, and a model the generator cannot serve exactly (`unsupported_attention`) also goes to
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from verl.workers.rollout import HFRollout
 
@@ -36,7 +40,7 @@ def _as_list(ids) -> list[int]:
     return [int(i) for i in ids] if isinstance(ids, (list, tuple)) else [int(ids)]
 
 
-def sampling_settings(generation_config, max_new_tokens: int) -> GenerationSettings:
+def sampling_settings(generation_config, max_new_tokens: int, seed: int) -> GenerationSettings:
     """verl's sampling options (a transformers GenerationConfig built by `_generate_minibatch`) as the generator's."""
     config = generation_config
     sample = bool(config.do_sample)
@@ -45,7 +49,7 @@ def sampling_settings(generation_config, max_new_tokens: int) -> GenerationSetti
         temperature=config.temperature if sample else 1.0,
         top_p=config.top_p if sample and config.top_p is not None else 1.0,
         top_k=config.top_k if sample and config.top_k else 0,
-        seed=int(torch.randint(2**31 - 1, ())),  # from torch's global RNG, which verl seeds
+        seed=seed,
     )
 
 
@@ -54,8 +58,8 @@ class _RolloutModule:
     `model.generate`'s (prompt columns as given, each prompt's `num_return_sequences` rows adjacent, responses
     right-padded with the pad id), from the continuous-batching generator or from `model.generate`."""
 
-    def __init__(self, module, continuous_batching: bool):
-        self.module, self.continuous_batching = module, continuous_batching
+    def __init__(self, module, continuous_batching: bool, seed: int):
+        self.module, self.continuous_batching, self.seed = module, continuous_batching, seed
 
     def eval(self):
         self.module.eval()
@@ -74,9 +78,12 @@ class _RolloutModule:
                 return self._continuous_batching(input_ids, attention_mask, max_new_tokens, eos_token_id,
                                                  pad_token_id, generation_config)
             logger.warning("%s: rollouts go through model.generate", refusal)
-        return self.module.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                    generation_config=generation_config, use_model_defaults=False, **kwargs)
+        with torch.random.fork_rng():  # model.generate samples from the global generators: seeded here, then restored
+            torch.manual_seed(self.seed)
+            return self.module.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                        pad_token_id=pad_token_id, generation_config=generation_config,
+                                        use_model_defaults=False, **kwargs)
 
     def _continuous_batching(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
                              generation_config):
@@ -84,7 +91,7 @@ class _RolloutModule:
         prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
         prompts = [prompt for prompt in prompts for _ in range(copies)]
         generator = ContinuousBatchGenerator(self.module, _as_list(eos_token_id), pad_token_id)
-        responses = generator.generate(prompts, sampling_settings(generation_config, max_new_tokens))
+        responses = generator.generate(prompts, sampling_settings(generation_config, max_new_tokens, self.seed))
         width = input_ids.shape[1]
         sequences = torch.full((len(prompts), width + max(len(r) for r in responses)), pad_token_id,
                                dtype=input_ids.dtype, device=input_ids.device)
@@ -95,21 +102,26 @@ class _RolloutModule:
 
 
 class GraceHFRollout(HFRollout):
-    def __init__(self, module, config, continuous_batching: bool):
+    def __init__(self, module, config, continuous_batching: bool, rank: int = 0):
         super().__init__(module=module, config=config)
         self.continuous_batching = continuous_batching
+        # one stream of sampling seeds per (rollout seed, rank): a run repeats, and ranks sample apart
+        state = np.random.SeedSequence([int(config.get("seed", 0)), rank]).generate_state(1)[0]
+        self.sampling_seeds = torch.Generator().manual_seed(int(state))
 
     def _generate_minibatch(self, prompts):
         policy = self.module
-        self.module = _RolloutModule(policy, self.continuous_batching)
+        seed = int(torch.randint(2**31 - 1, (), generator=self.sampling_seeds))
+        self.module = _RolloutModule(policy, self.continuous_batching, seed)
         try:
             return super()._generate_minibatch(prompts)
         finally:
             self.module = policy
 
 
-def grace_rollout(rollout, world_size: int):
+def grace_rollout(rollout, world_size: int, rank: int = 0):
     """verl's HF rollout as a GraceHFRollout (continuous batching on one rank); any other rollout unchanged."""
     if type(rollout) is HFRollout:
-        return GraceHFRollout(module=rollout.module, config=rollout.config, continuous_batching=world_size == 1)
+        return GraceHFRollout(module=rollout.module, config=rollout.config, continuous_batching=world_size == 1,
+                              rank=rank)
     return rollout

@@ -109,7 +109,7 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
 
     def _build_rollout(self, trust_remote_code=False):
         rollout, sharding_manager = super()._build_rollout(trust_remote_code)
-        return grace_rollout(rollout, self.world_size), sharding_manager
+        return grace_rollout(rollout, self.world_size, self.rank), sharding_manager
 
     @contextlib.contextmanager
     def _one_sample_per_prompt(self, temperature: float):
