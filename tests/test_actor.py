@@ -162,3 +162,33 @@ def test_the_gpu_recipe_reaches_verls_forward_unchanged(variant, gpu_recipe_acto
     assert actor._forward_micro_batch(batch, 0.7, calculate_entropy=True) == "verl's output"
     assert len(calls) == 1 and calls[0][0] is batch and calls[0][1:] == (0.7, True, 0)
     assert all(batch[key].shape[1] == PROMPT_WIDTH + RESPONSE_WIDTH for key in ("input_ids", "position_ids"))
+
+
+def test_the_fused_adamw_step_on_cpu_gives_the_parameters_of_torchs_default_to_rounding(single_process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    from grace.verl_ext.worker import fused_steps_on_cpu
+
+    def sharded_model():
+        torch.manual_seed(0)
+        return fully_shard(torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 8)))
+
+    models = [sharded_model(), sharded_model()]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.01) for m in models]  # as verl builds it
+    assert optimizers[1].param_groups[0]["foreach"] is None  # torch's default: on a CPU, the per-tensor loop
+    fused_steps_on_cpu(optimizers[1])
+    assert optimizers[1].param_groups[0]["fused"] is True
+    inputs = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            model(inputs).square().sum().backward()
+            optimizer.step()
+    default, fused = ([p.full_tensor() for p in m.parameters()] for m in models)
+    for a, b in zip(default, fused):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    start = sharded_model()[0].weight.full_tensor()
+    assert (default[0] - start).abs().max() > 1e-3  # the steps moved the weights far beyond the tolerance
+    chosen = torch.optim.AdamW(models[0].parameters(), foreach=False)
+    fused_steps_on_cpu(chosen)
+    assert not chosen.param_groups[0]["fused"]  # a choice made by whoever built the optimizer stays
