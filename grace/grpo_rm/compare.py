@@ -189,8 +189,9 @@ def collect(output: Path, arms: list[str], lr_grid: list[float], seeds: list[int
                 continue
             at_lr = choose_lr(selection, step)
             folders = [run_folder(output, arm, at_lr, seed) for seed in test_seeds]
-            runs_at = [r for r in map(_load, folders) if r is not None]
-            summary["missing"] += [str(f) for f in folders if _load(f) is None and str(f) not in summary["missing"]]
+            loaded = {str(folder): _load(folder) for folder in folders}
+            runs_at = [r for r in loaded.values() if r is not None]
+            summary["missing"] += [f for f, r in loaded.items() if r is None and f not in summary["missing"]]
             if runs_at:
                 entry["budgets"][str(step)] = {"chosen_lr": at_lr, "seeds": len(runs_at), **over_seeds(runs_at, step)}
         if "ood" in finished[0]:
@@ -247,7 +248,7 @@ def plot_convergence(summary: dict, path: Path) -> None:
     fig, axis = plt.subplots(figsize=(6.5, 4.5))
     for arm, entry in summary["arms"].items():
         score = "sr" if entry["chosen_lr"] is None else "head"
-        cells = [entry["budgets"].get(str(b)) if b != summary["steps"] else entry for b in budgets]
+        cells = [at_budget(summary, entry, b) for b in budgets]
         shown = [(b, c["test"][score]) for b, c in zip(budgets, cells) if c is not None]
         axis.errorbar([b for b, _ in shown], [100 * t["mean"] for _, t in shown],
                       yerr=[100 * t["std"] for _, t in shown], label=f"{arm} ({score})", capsize=2, marker="o")
@@ -258,6 +259,11 @@ def plot_convergence(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def at_budget(summary: dict, entry: dict, budget: int) -> dict | None:
+    """An arm's scores after `budget` steps: its own at the last step, else the budget's (None when not run)."""
+    return entry if budget == summary["steps"] else entry["budgets"].get(str(budget))
 
 
 def tail_classes(counts: list[int]) -> list[int]:
@@ -273,7 +279,7 @@ def convergence_lines(summary: dict) -> list[str]:
     for arm, entry in summary["arms"].items():
         cells = []
         for budget in budgets:
-            cell = entry if budget == summary["steps"] else entry["budgets"].get(str(budget))
+            cell = at_budget(summary, entry, budget)
             if cell is None:
                 cells.append("–")
                 continue

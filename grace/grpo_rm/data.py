@@ -71,24 +71,24 @@ def _labelled(texts: list[str], label_values: list[str]) -> LabelledData:
     return LabelledData(texts, np.array([index[v] for v in label_values]), class_names)
 
 
-def wiki_topics() -> LabelledData:
+def topic_articles() -> list[dict]:
+    """GRACE's training articles with an extract and a topic other than "Uncategorized", in their order."""
     from grace.data.assets import load_wiki_articles
     from grace.data.demo import split_articles
 
     training_articles, _ = split_articles(load_wiki_articles())
-    kept = [a for a in training_articles
+    return [a for a in training_articles
             if a.get("extract", "").strip() and a.get("topic") and a["topic"] != UNCATEGORIZED]
+
+
+def wiki_topics() -> LabelledData:
+    kept = topic_articles()
     return _labelled([" ".join(a["extract"].split()) for a in kept], [a["topic"] for a in kept])
 
 
 def wiki_descriptions() -> LabelledData:
     """`wiki-topics`' articles, in its order and with its labels, as their descriptions (empty where missing)."""
-    from grace.data.assets import load_wiki_articles
-    from grace.data.demo import split_articles
-
-    training_articles, _ = split_articles(load_wiki_articles())
-    kept = [a for a in training_articles
-            if a.get("extract", "").strip() and a.get("topic") and a["topic"] != UNCATEGORIZED]
+    kept = topic_articles()
     return _labelled([" ".join((a.get("description") or "").split()) for a in kept], [a["topic"] for a in kept])
 
 

@@ -82,8 +82,12 @@ def per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_classes:
             for c in range(num_classes)]
 
 
+def accuracies(predictions: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Each predictor's accuracy in [0, 1]."""
+    return {name: float((predicted == labels).mean()) for name, predicted in predictions.items()}
+
+
 def representation_scores(train_embeddings: np.ndarray, train_labels: np.ndarray, test_embeddings: np.ndarray,
                           test_labels: np.ndarray, k: int = 20) -> dict[str, float]:
     """{"sr", "knn_majority", "knn_weighted"} accuracies in [0, 1]."""
-    predictions = representation_predictions(train_embeddings, train_labels, test_embeddings, k)
-    return {name: float((predicted == test_labels).mean()) for name, predicted in predictions.items()}
+    return accuracies(representation_predictions(train_embeddings, train_labels, test_embeddings, k), test_labels)

@@ -17,6 +17,7 @@ import numpy as np
 
 from grace.grpo_rm.data import LabelledData, Splits, load_labelled, split
 from grace.grpo_rm.evaluate import (
+    accuracies,
     embed,
     embed_and_classify,
     per_class_accuracy,
@@ -64,22 +65,18 @@ def _predictions(policy, train_embeddings: np.ndarray, train_labels: np.ndarray,
     return {"head": head, **predictions} if with_head else predictions
 
 
-def _accuracies(predictions: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
-    return {name: float((predicted == labels).mean()) for name, predicted in predictions.items()}
-
-
 def _test_scores(policy, splits: Splits, k: int, with_head: bool, train_embeddings: np.ndarray | None = None
                  ) -> dict:
     """{"test": accuracies, "test_per_class": per-class accuracies, "shift": accuracies on the shifted test set}."""
     if train_embeddings is None:
         train_embeddings = embed(policy.encoder, splits.train)
     predictions = _predictions(policy, train_embeddings, splits.train.labels, splits.test, k, with_head)
-    scores = {"test": _accuracies(predictions, splits.test.labels),
+    scores = {"test": accuracies(predictions, splits.test.labels),
               "test_per_class": {name: per_class_accuracy(predicted, splits.test.labels, splits.test.num_classes)
                                  for name, predicted in predictions.items()}}
     if splits.shifted_test is not None:
         shifted = _predictions(policy, train_embeddings, splits.train.labels, splits.shifted_test, k, with_head)
-        scores["shift"] = _accuracies(shifted, splits.shifted_test.labels)
+        scores["shift"] = accuracies(shifted, splits.shifted_test.labels)
     return scores
 
 
@@ -143,7 +140,7 @@ def run(settings: RunSettings, config: TrainConfig, output: str | Path | None = 
         "dev_curve": [(h["step"], h["eval_dev_head_accuracy"]) for h in history if "eval_dev_head_accuracy" in h],
         "train_accuracy": [h["accuracy"] for h in history if "accuracy" in h],
         "train_class_counts": np.bincount(splits.train.labels, minlength=splits.train.num_classes).tolist(),
-        "dev": _accuracies(dev_predictions, splits.dev.labels),
+        "dev": accuracies(dev_predictions, splits.dev.labels),
         **_test_scores(policy, splits, settings.knn_k, not frozen, train_embeddings),
         "test_at": scores_at,
     }

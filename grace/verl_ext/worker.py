@@ -92,8 +92,8 @@ def give_base_sharding_manager_timing() -> None:
 
 def fused_steps_on_cpu(optimizer) -> None:
     """On a CPU, the param groups that leave AdamW's implementation to torch take the fused kernel. torch resolves
-    an unset `foreach` / `fused` to a per-tensor loop there: 0.81 s a step over SmolLM2's 134.5 M parameters, twice
-    a demo step, where the fused kernel runs at the memory floor, 0.079 s (`benchmarks/optimizer_step.py`). The
+    an unset `foreach` / `fused` to a per-tensor loop there: 0.83 s a step over SmolLM2's 134.5 M parameters, twice
+    a demo step, where the fused kernel runs at memory speed, 0.084 s (docs/benchmarks/optimizer_step_cpu.txt). The
     parameters agree with the loop's to float32 rounding (tested), not bit for bit. On a GPU torch's default (the
     multi-tensor step) stays, as verl has it."""
     for group in optimizer.param_groups:
