@@ -62,6 +62,10 @@ class TrainingSettings:
     norm_adv_by_std: bool = _setting(True, "divide GRPO advantages by the group std (true/false)",
                                      type=_true_or_false)
     variant: str = _setting("reference", "reward variant", choices=["reference", "infonce"])
+    entropy_coeff: float = _setting(0.0, "entropy bonus of the actor's loss (verl's actor.entropy_coeff): keeps the "
+                                         "rollouts of a group apart")
+    kl_coef: float = _setting(0.0, "KL loss to the base model (verl's low_var_kl, actor.kl_loss_coef); above 0 it "
+                                   "builds and runs a reference model every step")
     pooling_span: str = _setting("prompt+response", "tokens pooled into an embedding, in the reward and the evaluation",
                                  choices=["prompt+response", "response"])
     val_every: int = _setting(4, "validation reward on the fixed validation prompts every N steps and before training "
@@ -208,7 +212,9 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.model.use_remove_padding=False",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
         "actor_rollout_ref.actor.strategy=fsdp2", f"actor_rollout_ref.actor.optim.lr={s.lr}",
-        "actor_rollout_ref.actor.use_kl_loss=False", "actor_rollout_ref.actor.entropy_coeff=0",
+        f"actor_rollout_ref.actor.use_kl_loss={s.kl_coef > 0}", f"actor_rollout_ref.actor.kl_loss_coef={s.kl_coef}",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl", f"actor_rollout_ref.actor.entropy_coeff={s.entropy_coeff}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={s.prompts * s.rollouts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={mini_batch * s.rollouts}",
         "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=False",

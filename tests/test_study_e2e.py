@@ -31,7 +31,7 @@ def write_config(path, model, grace_steps):
                  {"name": "grace", "kind": "grace", "pooling_span": "response",
                   "compare_to": ["base_rationale_response", "contrastive"],
                   "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
-                               "lr": 1e-3}}]}))
+                               "lr": 1e-3, "entropy_coeff": 0.001, "kl_coef": 0.01}}]}))
     return path
 
 
@@ -80,6 +80,11 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6 + 27
     assert 0 < grace["rationale_diversity"]["distinct_percent"] <= 100
     assert grace["settings"]["cpu_dtype"] == "auto"
+    # The arm's entropy bonus and KL loss reach verl's actor: a reference model runs every step.
+    steps = [json.loads(line) for line in (out / "tiny/arms/grace/metrics.jsonl").read_text().splitlines()]
+    steps = [step for step in steps if "timing_s/step" in step]
+    assert len(steps) == 2 and all("timing_s/ref" in step and math.isfinite(step["actor/kl_loss"]) for step in steps)
+    assert all(step["actor/kl_coef"] == 0.01 for step in steps)
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
     report = (out / "tiny/report.md").read_text()
     assert "- grace vs base_rationale_response on LeeSTS:" in report
