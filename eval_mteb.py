@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", action="store_true", help="sample rationales (default: greedy, deterministic)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
+    parser.add_argument("--rationale_samples", type=int, default=1,
+                        help="rationales per text (with --sample), sample j seeded --seed + j; the embedding is the "
+                             "normalised mean of theirs")
     parser.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"], help="rationale generator")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--rationale_cache", type=Path, default=None,
@@ -88,6 +91,7 @@ def load_encoder(args):
     from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
 
     settings = EncoderSettings(max_input_length=args.input_max_length, pooling_span=args.pooling_span,
+                               rationale_samples=args.rationale_samples,
                                generation=GenerationSettings(max_new_tokens=args.thinking_max_length,
                                                              do_sample=args.sample, temperature=args.temperature,
                                                              seed=args.seed))

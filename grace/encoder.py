@@ -10,6 +10,9 @@ one forward over prompt + rationale (its EOS included, as training's response ma
 the final norm, and the masked mean over the pooling span (`prompt+response`: after the system prefix, as the
 reference; `response`: the rationale alone), in float32, L2-normalised (`grace.embedding`, the function the
 training workers call). `rationale=False` embeds the prompt alone (the paper's "direct forward").
+With `rationale_samples` k above 1 (sampling only), each text gets k rationales, sample j drawn with the generation
+seed + j, and its embedding is the normalised mean of their k embeddings (a lever beyond the paper, which embeds one
+sampled rationale); the first sample is the one a single-sample encoder with the same settings writes.
 
 Generation backends (`grace.generation`): continuous batching over a Hugging Face model (CPU or GPU; all texts of
 a call, in chunks of similar length) and vLLM (GPU only; imported only when chosen). `backend="auto"` takes vLLM
@@ -20,7 +23,7 @@ generation error raises; nothing is ever replaced by an empty rationale. Empty s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +38,28 @@ from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids, generation_eos_ids
 GENERATION_CHUNK = 256  # texts per generator call: enough to keep every slot busy; the rationale cache saves each
 
 
+def cache_key(text: str, sample: int) -> str:
+    """The rationale cache's key of a text's rationale sample: the text itself for the first, so that a one-sample
+    encoder and a k-sample one with the same settings share it."""
+    return text if sample == 0 else f"{text}\x00rationale sample {sample}"
+
+
 @dataclass
 class EncoderSettings:
     system_prompt: str = SYSTEM_PROMPT
     max_input_length: int = 1024  # prompt tokens; longer texts are cut inside the user content
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     pooling_span: str = "prompt+response"  # or "response": as the training reward's `pooling_span`
+    rationale_samples: int = 1  # rationales per text, their embeddings averaged (above 1: sampled generation only)
 
     def __post_init__(self):
         if self.pooling_span not in POOLING_SPANS:
             raise ValueError(f"pooling_span must be one of {POOLING_SPANS}, got {self.pooling_span!r}")
+        if self.rationale_samples < 1:
+            raise ValueError(f"rationale_samples must be at least 1, got {self.rationale_samples}")
+        if self.rationale_samples > 1 and not self.generation.do_sample:
+            raise ValueError(f"rationale_samples={self.rationale_samples} averages sampled rationales: greedy "
+                             "generation would give the same rationale each time (set generation.do_sample)")
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -104,13 +119,19 @@ class GraceEncoder:
     def prompt_ids(self, text: str) -> list[int]:
         return chat_prompt_ids(self.tokenizer, text, self.settings.max_input_length, self.settings.system_prompt)
 
+    def generation_of_sample(self, sample: int) -> GenerationSettings:
+        """The generation settings of rationale sample `sample` (0: the settings' own; j: their seed + j)."""
+        generation = self.settings.generation
+        return generation if sample == 0 else replace(generation, seed=generation.seed + sample)
+
     def generate_rationale_ids(self, prompts: list[list[int]], show_progress_bar: bool = False,
-                               on_chunk=None) -> list[list[int]]:
+                               on_chunk=None, sample: int = 0) -> list[list[int]]:
         """Rationale token ids (EOS included when generated) for each prompt; raises on any failure.
 
         Prompts go to the generator in chunks of similar length (longest first); `on_chunk({index: ids})` receives
         each chunk's rationales as soon as it is done, so a long run loses at most one chunk.
         """
+        generation = self.generation_of_sample(sample)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         rationales: list[list[int] | None] = [None] * len(prompts)
         with tqdm(total=len(prompts), desc="generating rationales", unit="text", disable=not show_progress_bar,
@@ -118,7 +139,7 @@ class GraceEncoder:
             for start in range(0, len(order), GENERATION_CHUNK):
                 chunk = order[start : start + GENERATION_CHUNK]
                 try:
-                    generated = self.generator.generate([prompts[i] for i in chunk], self.settings.generation,
+                    generated = self.generator.generate([prompts[i] for i in chunk], generation,
                                                         on_finished=bar.update)
                 except Exception as error:
                     raise RuntimeError(f"rationale generation failed for {len(chunk)} texts (of prompt lengths "
@@ -131,19 +152,21 @@ class GraceEncoder:
                     on_chunk(dict(zip(chunk, generated)))
         return rationales
 
-    def cached_rationale_ids(self, texts: list[str], prompts: list[list[int]], show_progress_bar: bool
-                             ) -> list[list[int]]:
-        """Rationale ids of each text: from the cache when present, generated (and cached chunk by chunk)
-        otherwise."""
-        known = self.rationale_cache.get_many(texts) if self.rationale_cache is not None else {}
-        missing = [i for i, text in enumerate(texts) if text not in known]
+    def cached_rationale_ids(self, texts: list[str], prompts: list[list[int]], show_progress_bar: bool,
+                             sample: int = 0) -> list[list[int]]:
+        """Rationale ids of each text (rationale sample `sample`): from the cache when present, generated (and
+        cached chunk by chunk) otherwise."""
+        keys = [cache_key(text, sample) for text in texts]
+        known = self.rationale_cache.get_many(keys) if self.rationale_cache is not None else {}
+        missing = [i for i, key in enumerate(keys) if key not in known]
         def save(chunk: dict[int, list[int]]) -> None:
-            self.rationale_cache.put_many({texts[missing[j]]: ids for j, ids in chunk.items()})
+            self.rationale_cache.put_many({keys[missing[j]]: ids for j, ids in chunk.items()})
 
         generated = self.generate_rationale_ids([prompts[i] for i in missing], show_progress_bar,
-                                                on_chunk=save if self.rationale_cache is not None else None)
-        new = {texts[i]: ids for i, ids in zip(missing, generated)}
-        return [known[text] if text in known else new[text] for text in texts]
+                                                on_chunk=save if self.rationale_cache is not None else None,
+                                                sample=sample)
+        new = {keys[i]: ids for i, ids in zip(missing, generated)}
+        return [known[key] if key in known else new[key] for key in keys]
 
     @torch.no_grad()
     def embed_token_sequences(self, sequences: list[list[int]], batch_size: int = 8, show_progress_bar: bool = False,
@@ -187,10 +210,15 @@ class GraceEncoder:
             show_progress_bar = len(texts) > 4 * batch_size
         unique = list(dict.fromkeys(texts))  # identical texts are generated and embedded once
         prompts = [self.prompt_ids(text) for text in unique]
-        rationale_ids = (self.cached_rationale_ids(unique, prompts, show_progress_bar) if rationale
-                         else [[] for _ in prompts])
-        embeddings = self.embed_token_sequences([p + r for p, r in zip(prompts, rationale_ids)], batch_size,
-                                                show_progress_bar, prompt_lengths=[len(p) for p in prompts])
+        samples = self.settings.rationale_samples if rationale else 1
+        rationales_of_sample = [self.cached_rationale_ids(unique, prompts, show_progress_bar, sample) if rationale
+                                else [[] for _ in prompts] for sample in range(samples)]
+        embeddings = sum(self.embed_token_sequences([p + r for p, r in zip(prompts, ids)], batch_size,
+                                                    show_progress_bar, prompt_lengths=[len(p) for p in prompts])
+                         for ids in rationales_of_sample)
+        if samples > 1:
+            embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        rationale_ids = rationales_of_sample[0]  # the rationales returned: the first sample's
         row_of = {text: row for row, text in enumerate(unique)}
         result = embeddings[[row_of[text] for text in texts]] if texts else embeddings
         if not return_rationales:

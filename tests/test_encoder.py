@@ -151,3 +151,41 @@ def test_grace_encoder_is_importable_from_the_package_without_loading_it_eagerly
         grace.Encoder  # noqa: B018
     light = "import sys, grace, grace.pooling, grace.reward; print('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_k_sampled_rationales_average_into_one_embedding(tiny_model_path, tmp_path):
+    """With rationale_samples k, a text's embedding is the normalised mean of the k embeddings that one-sample
+    encoders seeded seed, seed + 1, ... give; the first sample is the one-sample encoder's rationale, and a cache
+    filled by the k-sample encoder serves the one-sample encoder without generating."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    from transformers import AutoTokenizer
+
+    from grace.evaluation.rationale_cache import RationaleCache
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+
+    def sampling_encoder(seed, samples=1, cache=None):
+        generation = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.0, seed=seed)
+        settings = EncoderSettings(max_input_length=160, generation=generation, rationale_samples=samples)
+        return GraceEncoder(model, tokenizer, settings, rationale_cache=cache)
+
+    texts = TEXTS[:4]
+    singles = [sampling_encoder(seed).encode(texts, return_rationales=True) for seed in (3, 4, 5)]
+    assert singles[0][1] != singles[1][1]  # the samples differ, so the mean is not one of them
+    mean = sum(embeddings for embeddings, _ in singles)
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    cache = RationaleCache(tmp_path / "rationales.sqlite", "test")
+    averaged, rationales = sampling_encoder(3, samples=3, cache=cache).encode(texts, return_rationales=True)
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
+    assert rationales == singles[0][1]
+    np.testing.assert_allclose(np.linalg.norm(averaged, axis=1), 1.0, rtol=1e-5)
+
+    single_from_cache = sampling_encoder(3, cache=cache)
+    single_from_cache.generator = CountingGenerator(tokenizer.eos_token_id)
+    np.testing.assert_allclose(single_from_cache.encode(texts), singles[0][0], rtol=1e-6, atol=1e-6)
+    assert single_from_cache.generator.prompts_seen == 0
+
+    with pytest.raises(ValueError, match="rationale_samples=2 averages sampled rationales"):
+        EncoderSettings(rationale_samples=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        EncoderSettings(rationale_samples=0)

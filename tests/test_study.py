@@ -371,6 +371,8 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
         "name: s\nevaluation: {queries: 3}\n" + arms: "evaluation: unknown key",
         "name: s\nevaluation: {part: train}\n" + arms: "part must be 'test' or 'dev'",
         "name: s\nevaluation: {mteb_items: {STS99: 5}}\n" + arms: r"unknown task\(s\) \['STS99'\]",
+        "name: s\nevaluation: {rationale_samples: 4}\n" + arms: "set rationale_temperature above 0",
+        "name: s\nevaluation: {rationale_temperature: -1}\n" + arms: "rationale_temperature must be >= 0",
         "name: s\narms:\n  - {name: base_rationale, kind: base, seeds: [0, 1]}\n": "takes no seeds",
         "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: g, kind: grace, seeds: [1, 1]}\n":
             "distinct integers",
@@ -380,6 +382,16 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
     for text, message in mistakes.items():
         with pytest.raises(ValueError, match=message):
             load_config(write_config(tmp_path, text))
+    sampled = load_config(write_config(tmp_path, "name: s\nevaluation: {rationale_temperature: 1.0, "
+                                                  "rationale_samples: 4}\n" + arms))
+    from grace.study.runner import encoder_settings
+
+    greedy = encoder_settings(config, config.arm("g"))
+    assert not greedy.generation.do_sample and greedy.rationale_samples == 1 and greedy.pooling_span == "response"
+    assert greedy.generation.max_new_tokens == config.evaluation.rationale_length
+    sampling = encoder_settings(sampled, sampled.arm("g")).generation
+    assert (sampling.do_sample, sampling.temperature, encoder_settings(sampled, sampled.arm("g")).rationale_samples
+            ) == (True, 1.0, 4)
     seeded = load_config(write_config(tmp_path, "name: s\n" + arms
                                       + "  - {name: c, kind: contrastive, seeds: [3, 5]}\n"))
     assert seeded.arm("c").runs() == [("c@seed3", 3), ("c@seed5", 5)]

@@ -73,6 +73,10 @@ class EvaluationConfig:
     perplexity_texts: int = 100
     kl_texts: int = 50  # held-out documents whose rationales measure KL(trained || base)
     rationale_length: int = 48
+    # 0: greedy rationales; above 0, sampled at this temperature (the paper evaluates at 1.0); the diversity and KL
+    # measures then read each text's first sample
+    rationale_temperature: float = 0.0
+    rationale_samples: int = 1  # sampled rationales per text, their embeddings averaged (grace.encoder)
     batch_size: int = 16
     bootstrap_resamples: int = 2000
 
@@ -144,6 +148,12 @@ def load_config(path: Path) -> StudyConfig:
     evaluation = config.evaluation
     if evaluation.part not in ("test", "dev"):
         raise ValueError(f"{path}: evaluation.part must be 'test' or 'dev', got {evaluation.part!r}")
+    if evaluation.rationale_temperature < 0 or evaluation.rationale_samples < 1:
+        raise ValueError(f"{path}: evaluation.rationale_temperature must be >= 0 and rationale_samples >= 1, got "
+                         f"{evaluation.rationale_temperature} and {evaluation.rationale_samples}")
+    if evaluation.rationale_samples > 1 and evaluation.rationale_temperature == 0:
+        raise ValueError(f"{path}: evaluation.rationale_samples={evaluation.rationale_samples} averages sampled "
+                         "rationales: set rationale_temperature above 0 (greedy gives the same rationale each time)")
     unknown_tasks = sorted(set(evaluation.mteb_items) - set(MTEB_OFFLINE_TASKS))
     if unknown_tasks:
         raise ValueError(f"{path}: evaluation.mteb_items: unknown task(s) {unknown_tasks}; known: "

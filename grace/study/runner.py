@@ -98,11 +98,23 @@ def train_contrastive_arm(config: StudyConfig, arm, seed: int | None, model: Pat
                      "training": {k: summary[k] for k in ("loss_before", "loss_after", "optimizer_steps", "losses")}}
 
 
+def encoder_settings(config: StudyConfig, arm):
+    """How an arm embeds in the evaluation: its pooling span, and the study's rationale length, temperature (0:
+    greedy) and number of rationale samples."""
+    from grace.encoder import EncoderSettings, GenerationSettings
+
+    temperature = config.evaluation.rationale_temperature
+    generation = GenerationSettings(max_new_tokens=config.evaluation.rationale_length, do_sample=temperature > 0,
+                                    temperature=temperature or 1.0)
+    return EncoderSettings(pooling_span=arm.pooling_span, generation=generation,
+                           rationale_samples=config.evaluation.rationale_samples)
+
+
 def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, evaluation: HeldOutEvaluation,
                  cache: Path):
     """Held-out task results, perplexity, the diversity of the arm's held-out rationales (None without a rationale)
     and (for a trained arm) KL to the base model on its own rationales."""
-    from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
+    from grace.encoder import GraceEncoder
     from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
     from grace.study.diversity import held_out_rationale_diversity
     from grace.study.drift import held_out_rationale_kl
@@ -111,10 +123,8 @@ def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, e
 
     if arm.kind == "sentence_transformer":
         return evaluate_sentence_transformer(config, arm, evaluation), None, None, None
-    settings = EncoderSettings(pooling_span=arm.pooling_span,
-                               generation=GenerationSettings(max_new_tokens=config.evaluation.rationale_length))
     encoder = GraceEncoder.from_pretrained(model_path, backend="hf", device=training_run.device(),
-                                           settings=settings)
+                                           settings=encoder_settings(config, arm))
     encoder.rationale_cache = RationaleCache(cache, encoder_namespace(model_path, encoder))
     batch = config.evaluation.batch_size
     tasks = evaluation.evaluate(lambda texts: encoder.encode(texts, batch_size=batch, rationale=arm.rationale,
