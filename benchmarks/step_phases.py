@@ -11,7 +11,8 @@ this run (`benchmarks/machine_rates.py`), with the work counted from the step's 
 - generation: 2 FLOPs per weight and token (prompt and generated tokens; the LM head for generated tokens only),
   or the weights read once per decode step, whichever takes longer;
 - reward: the same for the query and negative rationales, plus the embedding pass (no LM head);
-- old log-probs: one forward over every token; update: three (forward and backward) plus AdamW's two optimizer steps
+- old log-probs: one forward over every token, counted in the reward's phase when the reward ran it (the training
+  reward's default, `share_log_prob_forward`); update: three (forward and backward) plus AdamW's two optimizer steps
   reading parameter, gradient and both moments and writing three of them in float32;
 - checkpoint: its bytes at this disk's measured write rate (with fsync).
 Simplification: attention's own FLOPs, normalisation and activations are left out of the floor (a few percent of
@@ -86,11 +87,14 @@ class Floor:
         prompt, response = m["prompt_length/mean"] * rows, m["response_length/mean"] * rows
         rationales = m["grace/work/rationale_tokens"]
         rationale_rows = 2 * prompts  # a query and a negative rationale per group
+        log_prob_forward = self.forward(prompt + response, response)
+        shared = m.get("grace/work/log_prob_tokens", 0) > 0  # the reward ran the old-log-prob forward
         return {
             "gen": self.generation(prompt, response, m["response_length/max"]),
             "reward": self.generation(m["grace/work/rationale_prompt_tokens"], rationales,
-                                      rationales / rationale_rows) + self.forward(m["grace/work/embedded_tokens"], 0),
-            "old_log_prob": self.forward(prompt + response, response),
+                                      rationales / rationale_rows) + self.forward(m["grace/work/embedded_tokens"], 0)
+            + (log_prob_forward if shared else 0.0),
+            "old_log_prob": 0.0 if shared else log_prob_forward,
             "update_actor": 3 * self.forward(prompt + response, response)
             + optimizer_steps * ADAM_BYTES_PER_PARAMETER * self.parameters / self.bandwidth,
         }
@@ -108,6 +112,9 @@ def main() -> int:
     parser.add_argument("--save_every", type=int, default=2, help="checkpoint every N steps")
     parser.add_argument("--cpu_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="the run's dtype on a CPU (auto: bf16 where the CPU has native bf16)")
+    parser.add_argument("--two_forwards", action="store_true",
+                        help="the rollouts' embeddings from a forward of their own, not from verl's old-log-prob "
+                             "forward (as before the reward shared it)")
     parser.add_argument("--out", type=Path, default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     if args.steps < 2:
@@ -119,7 +126,7 @@ def main() -> int:
     model = smollm2_hf_folder()
     data = prepare_data(DataConfig(), out / "data", model)
     settings = TrainingSettings(steps=args.steps, save_every=args.save_every, val_every=0, pooling_span="response",
-                                lr=1e-5, cpu_dtype=args.cpu_dtype)
+                                lr=1e-5, cpu_dtype=args.cpu_dtype, share_log_prob_forward=not args.two_forwards)
     started = time.perf_counter()
     metrics = train(settings, DataConfig().max_prompt, data, model, out / "run", "cpu")
     wall = time.perf_counter() - started
@@ -138,8 +145,9 @@ def main() -> int:
         values = [m[f"timing_s/{phase}"] for m in steps]
         phase_floor = statistics.mean(f[phase] for f in floors)
         measured_total, floor_total = measured_total + statistics.mean(values), floor_total + phase_floor
+        ratio = f"x{statistics.mean(values) / phase_floor:.1f}" if phase_floor else "(its work ran in the reward)"
         print(f"  {phase:14s} {statistics.mean(values):6.2f}  ({min(values):.2f}-{max(values):.2f})  floor "
-              f"{phase_floor:5.2f}  x{statistics.mean(values) / phase_floor:.1f}")
+              f"{phase_floor:5.2f}  {ratio}")
     print(f"  {'these phases':14s} {measured_total:6.2f}  floor {floor_total:5.2f}  "
           f"x{measured_total / floor_total:.1f}")
     whole = statistics.mean(m["timing_s/step"] - m.get("timing_s/save_checkpoint", 0) for m in steps)

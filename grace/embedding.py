@@ -8,6 +8,8 @@ goes through the top-level module so that FSDP's own hooks (parameter gathering)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from grace.pooling import pool_hidden_states
@@ -25,22 +27,30 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-@torch.no_grad()
-def last_hidden_states(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-    """[B, T, H] last-layer hidden states (after the final norm) of a causal LM."""
+@contextlib.contextmanager
+def last_hidden_state_captured(model):
+    """Within the block, each forward of `model` leaves its last-layer hidden states [B, T, H] (after the final norm)
+    in the yielded dict under "hidden"."""
     captured = {}
 
     def keep_output(_module, _inputs, output):
         captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
 
-    if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask)
     handle = _decoder_of(model).register_forward_hook(keep_output)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-              logits_to_keep=1)
+        yield captured
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def last_hidden_states(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+    """[B, T, H] last-layer hidden states (after the final norm) of a causal LM."""
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)
+    with last_hidden_state_captured(model) as captured:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+              logits_to_keep=1)
     return captured["hidden"]
 
 

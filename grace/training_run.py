@@ -68,6 +68,10 @@ class TrainingSettings:
                                    "builds and runs a reference model every step")
     pooling_span: str = _setting("prompt+response", "tokens pooled into an embedding, in the reward and the evaluation",
                                  choices=["prompt+response", "response"])
+    share_log_prob_forward: bool = _setting(True, "the training reward embeds the rollouts in verl's old-log-prob "
+                                                  "forward, one forward fewer a step (true/false; false: the "
+                                                  "separate embedding pass, same results to the last bits)",
+                                            type=_true_or_false)
     val_every: int = _setting(4, "validation reward on the fixed validation prompts every N steps and before training "
                                  "(0: off)")
     save_every: int = _setting(0, "checkpoint every N steps (0: at the end only)")
@@ -225,6 +229,7 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         "reward_model.reward_manager=hidden", "+reward_model.reward_kwargs.temperature=0.1",
         f"+reward_model.reward_kwargs.variant={s.variant}",
         f"+reward_model.reward_kwargs.pooling_span={s.pooling_span}",
+        f"+reward_model.reward_kwargs.share_log_prob_forward={s.share_log_prob_forward}",
         "+reward_model.reward_kwargs.enable_length_penalty=False",
         "trainer.logger=['console']", f"trainer.n_gpus_per_node={s.n_gpus}", "trainer.nnodes=1",
         f"trainer.total_training_steps={s.steps}", f"trainer.save_freq={s.save_every or s.steps}",

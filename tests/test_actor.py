@@ -17,6 +17,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
+from grace.embedding import embed_sequences
 from grace.verl_ext.actor import ResponseLogitsActor, without_shared_left_padding
 
 PROMPT_WIDTH, RESPONSE_WIDTH = 12, 6
@@ -106,6 +107,40 @@ def test_the_forward_is_narrower_and_projects_only_the_response(tiny_model_path,
     with torch.no_grad():
         ResponseLogitsActor(config=actor_config(), actor_module=model)._forward_micro_batch(batch, temperature=1.0)
     assert seen == {"width": 8 + RESPONSE_WIDTH, "logits": RESPONSE_WIDTH + 1}
+
+
+def test_the_log_prob_forward_pools_what_the_embedding_pass_pools_and_its_log_probs_stay(
+        tiny_model_path, single_process_group, float32_autocast):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, torch_dtype=torch.float32).eval()
+    batch = left_padded_batch(model.config.vocab_size, prompt_lengths=[5, 8, 3], response_lengths=[6, 2, 4])
+    actor = ResponseLogitsActor(config=actor_config(), actor_module=model)
+    assert actor.forwards_in_row_order(use_dynamic_bsz=False) and not actor.forwards_in_row_order(True)
+
+    def log_probs_in_micro_batches_of_two():  # as verl's compute_log_prob splits a batch: consecutive rows
+        with torch.no_grad():
+            outputs = [actor._forward_micro_batch({k: v[rows] for k, v in batch.items()}, 0.7, calculate_entropy=True)
+                       for rows in (slice(0, 2), slice(2, 3))]
+        return [torch.cat(parts) for parts in zip(*outputs)]
+
+    plain = log_probs_in_micro_batches_of_two()
+    skip = torch.tensor([2, 0, 6])  # leading valid tokens left out, per row
+    with actor.pooling_hidden_states(skip) as pooled:
+        pooling = log_probs_in_micro_batches_of_two()
+    assert actor._pooling is None  # the block ended: later forwards pool nothing
+    assert torch.equal(pooling[0], plain[0]) and torch.equal(pooling[1], plain[1])  # entropies, log-probs
+    assert [len(rows) for rows in pooled] == [2, 1]  # one entry per micro-batch, in row order
+    expected = embed_sequences(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], skip)
+    torch.testing.assert_close(torch.cat(pooled), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_states_are_pooled_only_on_graces_own_path(single_process_group):
+    config = actor_config()
+    config.use_remove_padding = True
+    actor = ResponseLogitsActor(config=config, actor_module=torch.nn.Linear(2, 2))
+    assert not actor.forwards_in_row_order(use_dynamic_bsz=False)
+    batch = left_padded_batch(100, prompt_lengths=[5], response_lengths=[6])
+    with actor.pooling_hidden_states(torch.zeros(1)), pytest.raises(RuntimeError, match="own forward path"):
+        actor._forward_micro_batch(batch, temperature=1.0)
 
 
 def test_shared_left_padding_is_dropped_and_nothing_else():

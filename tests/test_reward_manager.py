@@ -46,6 +46,7 @@ class InProcessWorkers:
         self.generated_rows = []
         self.requests = []
         self.embedded_rows = []
+        self.log_prob_rows = []
         self.token_budget = 4096
         self.rationale_temperatures = []
         self.fail_with = None
@@ -70,6 +71,18 @@ class InProcessWorkers:
         self.embedded_rows.append(len(data))
         embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, self.token_budget)
         return DataProto.from_dict({"embeddings": embeddings})
+
+    def compute_log_prob_and_embeddings(self, data):
+        """The embeddings as above, each row's last bits moved as another micro-batch or rank could move them; for
+        log-probs and entropies, numbers that say which row they belong to."""
+        assert len(data) % self.world_size == 0
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.log_prob_rows.append(len(data))
+        embeddings = pooled_embeddings_in_token_budget(self.model, data.batch, self.token_budget)
+        embeddings = embeddings + 1e-7 * torch.arange(len(data))[:, None]
+        responses = data.batch["responses"].double()
+        return DataProto.from_dict({"embeddings": embeddings, "old_log_probs": -responses, "entropys": responses / 7})
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +151,24 @@ def test_reward_matches_embeddings_computed_directly(setup):
         assert extra["grace/group_all_equal"][row] == float(bool((members == members[0]).all()))
 
 
+def test_the_log_prob_forward_gives_the_same_rewards_and_leaves_its_log_probs_with_their_rows(setup):
+    tokenizer, model, dataset = setup
+    results, batches = {}, {}
+    for shared in (False, True):
+        workers = InProcessWorkers(model, tokenizer.eos_token_id)
+        batches[shared] = rollout_batch(dataset, workers, n=3)  # 9 rows: padded to the world size and back
+        manager = manager_for(tokenizer, workers, share_log_prob_forward=shared)
+        results[shared] = manager(batches[shared], return_dict=True)
+        assert workers.log_prob_rows == ([10] if shared else [])
+    for name, values in results[False]["reward_extra_info"].items():
+        torch.testing.assert_close(torch.tensor(results[True]["reward_extra_info"][name]), torch.tensor(values),
+                                   rtol=1e-5, atol=1e-5, msg=name)
+    stored, not_stored = batches[True].batch, batches[False].batch
+    assert "grace_old_log_probs" not in not_stored.keys() and "grace_entropys" not in not_stored.keys()
+    assert torch.equal(stored["grace_old_log_probs"], -stored["responses"].double())  # each row's own
+    assert torch.equal(stored["grace_entropys"], stored["responses"].double() / 7)
+
+
 def test_response_pooling_span_pools_only_the_generated_tokens(setup):
     tokenizer, model, dataset = setup
     workers = InProcessWorkers(model, tokenizer.eos_token_id)
@@ -189,7 +220,8 @@ def test_rationale_requests_do_not_depend_on_how_uids_are_spelled(setup):
     assert by_prompt.tolist() == [0, 1, 0, 2, 1]
 
 
-def test_identical_rollouts_are_embedded_once_and_get_zero_advantage(setup):
+@pytest.mark.parametrize("shared", [False, True], ids=["own embedding pass", "log-prob forward"])
+def test_identical_rollouts_get_one_embedding_and_zero_advantage(setup, shared):
     tokenizer, model, dataset = setup
     workers = InProcessWorkers(model, tokenizer.eos_token_id)
     batch = rollout_batch(dataset, workers, n=4)
@@ -200,9 +232,15 @@ def test_identical_rollouts_are_embedded_once_and_get_zero_advantage(setup):
         value[group] = value[group[0]].clone()
         batch.batch[key] = value
     workers.token_budget = 1  # one row per micro-batch: a copy would be forwarded in another shape than its twin
-    result = manager_for(tokenizer, workers)(batch, return_dict=True)
-    unique_rows = len(batch) - (len(group) - 1) + 2 * len(dataset)  # and a query and a negative per group
-    assert workers.embedded_rows == [unique_rows + unique_rows % workers.world_size]  # padded to the world size
+    # no length penalty: it would give this group's truncated rollouts -1 each whatever their embeddings
+    manager = manager_for(tokenizer, workers, share_log_prob_forward=shared, enable_length_penalty=False)
+    result = manager(batch, return_dict=True)
+    if shared:  # every rollout is forwarded (each needs its log-probs); the documents are embedded once each
+        assert workers.log_prob_rows == [len(batch) + len(batch) % workers.world_size]
+        assert workers.embedded_rows == [2 * len(dataset) + 2 * len(dataset) % workers.world_size]
+    else:
+        unique_rows = len(batch) - (len(group) - 1) + 2 * len(dataset)  # and a query and a negative per group
+        assert workers.embedded_rows == [unique_rows + unique_rows % workers.world_size]  # padded to the world size
     placed = result["reward_tensor"].sum(-1)
     assert len(set(placed[group].tolist())) == 1
     response_mask = batch.batch["attention_mask"][:, -RESPONSE:]

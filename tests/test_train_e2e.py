@@ -31,9 +31,13 @@ GRACE_OVERRIDES = [
 ]
 
 
-def user_texts(rollout_file: Path) -> set[str]:
+def rollout_rows(rollout_file: Path) -> list[dict]:
     with open(rollout_file, encoding="utf-8") as f:
-        return {json.loads(line)["input"].split("\nuser\n", 1)[1].rsplit("\nassistant", 1)[0] for line in f}
+        return [json.loads(line) for line in f]
+
+
+def user_texts(rollout_file: Path) -> set[str]:
+    return {row["input"].split("\nuser\n", 1)[1].rsplit("\nassistant", 1)[0] for row in rollout_rows(rollout_file)}
 
 
 def check_merged_checkpoint(model_path: Path, checkpoint_root: Path, target: Path):
@@ -102,15 +106,26 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
     check_merged_checkpoint(tiny_model_path, tmp_path / "checkpoints", tmp_path / "merged")
     check_eval_sh(tiny_model_path, tmp_path / "checkpoints", tmp_path / "eval")
 
-    # A checkpoint changes nothing: saving after every step gives the same rollouts and rewards as not saving.
+    # Neither a checkpoint nor the shared forward changes results: saving after every step, with the rollouts'
+    # embeddings and the old log-probs from two forwards (as before the reward shared verl's), gives the same
+    # rollouts, rewards (to float32 rounding of components near 9, from the last bits of the pooled embeddings) and
+    # entropies (verl's own forward either way).
     saving = tmp_path / "saving"
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, saving, steps=2) + GRACE_OVERRIDES
-                             + ["+data.train_mode=supervised", "trainer.save_freq=1"]))
+                             + ["+data.train_mode=supervised", "trainer.save_freq=1",
+                                "+reward_model.reward_kwargs.share_log_prob_forward=False"]))
     assert sorted(p.name for p in (saving / "checkpoints").glob("global_step_*")) == ["global_step_1",
                                                                                       "global_step_2"]
     for name in ("1.jsonl", "2.jsonl"):
-        assert (saving / "rollouts" / name).read_text() == (tmp_path / "rollouts" / name).read_text()
-    assert [m["grace/total"] for m in read_metrics(saving)] == [m["grace/total"] for m in metrics]
+        shared_rows, separate_rows = (rollout_rows(folder / "rollouts" / name) for folder in (tmp_path, saving))
+        assert [(r["input"], r["output"]) for r in shared_rows] == [(r["input"], r["output"]) for r in separate_rows]
+        assert [r["score"] for r in shared_rows] == pytest.approx([r["score"] for r in separate_rows], abs=1e-4)
+    two_forwards = read_metrics(saving)
+    assert [m["grace/work/log_prob_tokens"] for m in two_forwards] == [0, 0]
+    assert all(m["grace/work/log_prob_tokens"] > 0 for m in metrics)
+    for shared, separate in zip(metrics, two_forwards):
+        assert shared["grace/total"] == pytest.approx(separate["grace/total"], abs=1e-4)
+        assert shared["actor/entropy"] == pytest.approx(separate["actor/entropy"], rel=1e-6)
 
     # Resume: the next run continues at step 3 with the rows that steps 1 and 2 did not use.
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=3) + GRACE_OVERRIDES

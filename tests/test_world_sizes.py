@@ -65,6 +65,12 @@ class RankedWorkers(WorkerGroup):
         return self._run(lambda chunk: DataProto.from_dict(
             {"embeddings": pooled_embeddings_in_token_budget(self.model, chunk.batch, 1)}), data)
 
+    def compute_log_prob_and_embeddings(self, data):
+        # the embeddings as above; log-probs and entropies that name their row's response
+        return self._run(lambda chunk: DataProto.from_dict(
+            {"embeddings": pooled_embeddings_in_token_budget(self.model, chunk.batch, 1),
+             "old_log_probs": -chunk.batch["responses"].double(), "entropys": chunk.batch["responses"] / 7.0}), data)
+
 
 @pytest.fixture(scope="module")
 def scene(setup):  # noqa: F811
@@ -94,6 +100,16 @@ def test_rewards_are_identical_at_every_world_size_and_rank_order(scene):
             result, _ = rewards_at(scene, world_size, reverse)
             assert torch.equal(result["reward_tensor"], reference["reward_tensor"]), (world_size, reverse)
             assert result["reward_extra_info"] == reference["reward_extra_info"], (world_size, reverse)
+
+
+def test_the_old_log_probs_stay_with_their_rows_at_every_world_size(scene):
+    _, _, default_batch = scene
+    for world_size in (1, 3, 8):
+        order = torch.randperm(len(default_batch), generator=torch.Generator().manual_seed(world_size))
+        batch = default_batch[order]
+        rewards_at(scene, world_size, reverse=True, batch=batch)
+        assert torch.equal(batch.batch["grace_old_log_probs"], -batch.batch["responses"].double()), world_size
+        assert torch.equal(batch.batch["grace_entropys"], batch.batch["responses"] / 7.0), world_size
 
 
 def test_step_metrics_are_means_over_the_whole_batch(scene):

@@ -14,6 +14,10 @@ log-probs and the update, about half of a CPU training step) went to positions t
   verl's own slice `[:, -response_length - 1 : -1]` then takes exactly the positions it took before.
 Log-probs, entropies and gradients equal verl's (tested against `DataParallelPPOActor` on a tiny model). The
 remove-padding, fused-kernel and sequence-parallel paths are verl's, unchanged.
+
+On its own path the actor can also pool each forward's last-layer hidden states (`pooling_hidden_states`), so that
+the reward's embeddings of the rollouts come from the old-log-prob forward instead of a second forward over the same
+rows (`GraceActorRolloutRefWorker.compute_log_prob_and_embeddings`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import contextlib
 
 import torch
 from verl.workers.actor import DataParallelPPOActor
+
+from grace.embedding import last_hidden_state_captured
+from grace.pooling import pool_hidden_states
 
 TRIMMED_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -55,9 +62,44 @@ def logits_of_last_positions(module: torch.nn.Module, count: int):
 
 
 class ResponseLogitsActor(DataParallelPPOActor):
+    _pooling: tuple[torch.Tensor, list] | None = None  # (pool_skip, pooled rows so far) in `pooling_hidden_states`
+
+    def forwards_in_row_order(self, use_dynamic_bsz: bool) -> bool:
+        """Whether its log-prob forwards take the rows in order, on its own path: verl's compute_log_prob splits a
+        batch in consecutive micro-batches unless dynamic batch sizes regroup them."""
+        return not (self.use_remove_padding or self.use_fused_kernels or self.use_ulysses_sp or use_dynamic_bsz)
+
+    @contextlib.contextmanager
+    def pooling_hidden_states(self, pool_skip: torch.Tensor):
+        """Within the block, each micro-batch forward also pools its last-layer hidden states (`grace.pooling`, each
+        row skipping its `pool_skip` [B] leading valid tokens) and appends the [rows, H] float32 L2-normalised
+        embeddings to the yielded list. Only for forwards in row order (`forwards_in_row_order`)."""
+        pooled = []
+        self._pooling = (pool_skip, pooled)
+        try:
+            yield pooled
+        finally:
+            self._pooling = None
+
+    @contextlib.contextmanager
+    def _pooled(self, micro_batch):
+        if self._pooling is None:
+            yield
+            return
+        pool_skip, pooled = self._pooling
+        done, mask = sum(len(rows) for rows in pooled), micro_batch["attention_mask"]
+        with last_hidden_state_captured(self.actor_module) as captured:
+            yield
+        skip = pool_skip[done : done + len(mask)].to(mask.device)
+        pooled.append(pool_hidden_states(captured["hidden"].detach(), mask, prefix_len=skip))
+
     def _forward_micro_batch(self, micro_batch, temperature, calculate_entropy=False):
         if self.use_remove_padding or self.use_fused_kernels or self.use_ulysses_sp:
+            if self._pooling is not None:
+                raise RuntimeError("hidden states are pooled only on GRACE's own forward path (no remove-padding, "
+                                   "fused kernels or Ulysses)")
             return super()._forward_micro_batch(micro_batch, temperature, calculate_entropy)
         micro_batch = without_shared_left_padding(micro_batch)
-        with logits_of_last_positions(self.actor_module, micro_batch["responses"].size(-1) + 1):
+        with logits_of_last_positions(self.actor_module, micro_batch["responses"].size(-1) + 1), \
+                self._pooled(micro_batch):
             return super()._forward_micro_batch(micro_batch, temperature, calculate_entropy)

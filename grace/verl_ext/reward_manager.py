@@ -8,8 +8,11 @@ with the reference's names and defaults (temperature 0.7 when omitted; train.sh 
 2. one rationale per group for the query and, in supervised mode, the negative document (unsupervised: a second
    rollout of the main prompt, the anchor), sampled by the actor workers at `rationale_temperature` (0.5; 0 is
    greedy, which the TaskRunner uses for validation so that the validation reward is a fixed measurement);
-3. one embedding pass on the workers over the rollouts and those rationales, pooled over `pooling_span`
-   (`prompt+response`, the reference: system prefix excluded; or `response`: the generated tokens alone);
+3. the embeddings on the workers of the rollouts and those rationales, pooled over `pooling_span`
+   (`prompt+response`, the reference: system prefix excluded; or `response`: the generated tokens alone). In
+   training (`share_log_prob_forward`, off for validation) the rollouts' come from verl's old-log-prob forward,
+   whose log-probs and entropies the manager leaves in the batch for the worker's `compute_log_prob` to return:
+   one forward over the rollouts a step instead of two;
 4. `grace.reward.contrastive_rewards`, then the length penalty, placed on the last valid response token.
 
 Besides the reward components, each row carries what GRPO learns from: the standard deviation of the final
@@ -33,7 +36,7 @@ from verl.workers.reward_manager import register
 from grace.pooling import POOLING_SPANS, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, token_id_list
 from grace.reward import apply_length_penalty, contrastive_rewards
-from grace.verl_ext.worker import BATCH_METRICS_KEY, REWARD_METRIC_PREFIX
+from grace.verl_ext.worker import BATCH_METRICS_KEY, REWARD_METRIC_PREFIX, STORED_ENTROPIES, STORED_OLD_LOG_PROBS
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -51,6 +54,16 @@ def numbered_by_first_appearance(keys: np.ndarray) -> np.ndarray:
 def first_rows_of(ids: np.ndarray) -> np.ndarray:
     """Row of the first occurrence of each id 0, 1, ... (ids numbered by first appearance: rows ascending)."""
     return np.unique(ids, return_index=True)[1]
+
+
+def identical_row_ids(tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    """[B] ids numbered by first appearance, equal for rows with the same valid tokens at the same positions and
+    the same `pool_skip`. Identical rows (a group's identical rollouts) must get one embedding: the same sequence
+    forwarded in micro-batches of other shapes or on other ranks can differ in the last bits, which std
+    normalisation would turn into advantages of +-1 for rollouts that are the same."""
+    content = torch.cat([tensors["input_ids"] * tensors["attention_mask"], tensors["attention_mask"],
+                         tensors["position_ids"], tensors["pool_skip"][:, None]], dim=1)
+    return numbered_by_first_appearance(torch.unique(content, dim=0, return_inverse=True)[1].numpy())
 
 
 def group_ids_of(data: DataProto) -> torch.Tensor:
@@ -114,6 +127,7 @@ class HiddenRewardManager:
         rationale_temperature: float = 0.5,
         pooling_span: str = "prompt+response",
         eos_token_ids=None,
+        share_log_prob_forward: bool = True,
     ):
         del compute_score, reward_fn_key  # accepted for verl's loader; the reward is not per-sample
         self.tokenizer = tokenizer
@@ -127,6 +141,7 @@ class HiddenRewardManager:
         if pooling_span not in POOLING_SPANS:
             raise ValueError(f"reward_kwargs.pooling_span must be one of {POOLING_SPANS}, got {pooling_span!r}")
         self.pooling_span = pooling_span
+        self.share_log_prob_forward = share_log_prob_forward
         system_prompt = custom_prompt or SYSTEM_PROMPT
         self.prefix_len = system_prefix_length(tokenizer, system_prompt) if exclude_system_prompt else 0
         self.worker_group = None
@@ -161,25 +176,36 @@ class HiddenRewardManager:
         request = DataProto.from_dict(tensors=prompts, meta_info={"temperature": self.rationale_temperature})
         return self._call_workers("generate_rationales", request)
 
-    def _embed(self, streams) -> tuple[torch.Tensor, int]:
-        """Embeddings of verl prompt + response rows (each stream a batch with `prompts` and SEQUENCE_KEYS), and the
-        number of tokens the workers embedded."""
+    def _sequences(self, streams) -> dict[str, torch.Tensor]:
+        """The sequence keys of verl prompt + response rows (each stream a batch with `prompts` and SEQUENCE_KEYS),
+        right-padded to one width, and each row's `pool_skip`."""
         width = max(s["input_ids"].shape[1] for s in streams)
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "position_ids": 0}
         tensors = {key: torch.cat([_right_pad(s[key], width, pad_values[key]) for s in streams])
                    for key in SEQUENCE_KEYS}
         prompt_lengths = torch.cat([_prompt_lengths(s) for s in streams])
         tensors["pool_skip"] = pooling_skip(prompt_lengths, self.pooling_span, self.prefix_len)
-        # Identical rows (a group's identical rollouts) are embedded once: the same sequence forwarded in micro-batches
-        # of other shapes or on other ranks can differ in the last bits, which std normalisation would turn into
-        # advantages of +-1 for rollouts that are the same.
-        content = torch.cat([tensors["input_ids"] * tensors["attention_mask"], tensors["attention_mask"],
-                             tensors["position_ids"], tensors["pool_skip"][:, None]], dim=1)
-        row_ids = numbered_by_first_appearance(torch.unique(content, dim=0, return_inverse=True)[1].numpy())
+        return tensors
+
+    def _embed(self, streams) -> tuple[torch.Tensor, int]:
+        """Embeddings of verl prompt + response rows, and the number of tokens the workers embedded."""
+        tensors = self._sequences(streams)
+        row_ids = identical_row_ids(tensors)
         first_rows = torch.from_numpy(first_rows_of(row_ids))
         request = DataProto.from_dict(tensors={key: value[first_rows] for key, value in tensors.items()})
         embeddings = self._call_workers("compute_pooled_embeddings", request).batch["embeddings"].float()
         return embeddings[torch.from_numpy(row_ids)], int(request.batch["attention_mask"].sum())
+
+    def _embed_rollouts_with_log_probs(self, data: DataProto) -> tuple[torch.Tensor, int]:
+        """The rollouts' embeddings from verl's old-log-prob forward, whose log-probs and entropies go into
+        `data`'s batch; and the number of tokens forwarded."""
+        tensors = {**self._sequences([data.batch]), "responses": data.batch["responses"]}
+        output = self._call_workers("compute_log_prob_and_embeddings", DataProto.from_dict(tensors=tensors)).batch
+        data.batch[STORED_OLD_LOG_PROBS] = output["old_log_probs"]
+        data.batch[STORED_ENTROPIES] = output["entropys"]
+        row_ids = identical_row_ids(tensors)  # every row is forwarded (each needs its log-probs); copies agree after
+        embeddings = output["embeddings"].float()[torch.from_numpy(first_rows_of(row_ids))]
+        return embeddings[torch.from_numpy(row_ids)], int(tensors["attention_mask"].sum())
 
     # ------------------------------------------------------------------ the reward
     def _compute(self, data: DataProto):
@@ -208,7 +234,13 @@ class HiddenRewardManager:
             raise RuntimeError(f"the workers returned {len(rationales)} rationale rows for "
                                f"{len(stacked['input_ids'])} requests; expected one each")
         groups = len(first_rows)
-        embeddings, embedded_tokens = self._embed([batch, rationales])
+        if self.share_log_prob_forward:
+            rollouts, log_prob_tokens = self._embed_rollouts_with_log_probs(data)
+            documents, embedded_tokens = self._embed([rationales])
+            embeddings = torch.cat([rollouts, documents])
+        else:
+            embeddings, embedded_tokens = self._embed([batch, rationales])
+            log_prob_tokens = 0
         main = embeddings[:size]
         query = embeddings[size : size + groups][group_of_row]
         negative = embeddings[size + groups :][group_of_row] if supervised else None
@@ -232,7 +264,8 @@ class HiddenRewardManager:
         data.meta_info[BATCH_METRICS_KEY].update({
             f"{REWARD_METRIC_PREFIX}work/rationale_prompt_tokens": prompt_tokens,
             f"{REWARD_METRIC_PREFIX}work/rationale_tokens": int(rationales["attention_mask"].sum()) - prompt_tokens,
-            f"{REWARD_METRIC_PREFIX}work/embedded_tokens": embedded_tokens})
+            f"{REWARD_METRIC_PREFIX}work/embedded_tokens": embedded_tokens,
+            f"{REWARD_METRIC_PREFIX}work/log_prob_tokens": log_prob_tokens})
         self._print_examples(data, rationales, first_rows, group_of_row, parts, total)
         return reward_tensor, extra_info
 

@@ -7,7 +7,8 @@ runner does the same steps with our classes, and differs from verl's in two deli
 - the `hidden` manager's end-of-sequence ids come from the model's generation config (all of them);
 - the validation reward generates the query and negative rationales greedily, so that with verl's greedy
   validation rollouts (`val_kwargs.do_sample=False`, the default) the validation reward is a deterministic
-  function of the policy on a fixed set of prompts: a learning curve, not a sample.
+  function of the policy on a fixed set of prompts: a learning curve, not a sample; no log-prob forward follows a
+  validation reward, so it embeds the rollouts alone (`share_log_prob_forward=False`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class GraceTaskRunner:
         if config.reward_model.reward_manager == "hidden":
             reward_kwargs.setdefault("eos_token_ids", generation_eos_ids(get_generation_config(local_path), tokenizer))
         reward_fn = load_reward_manager(config, tokenizer, num_examine=0, **reward_kwargs)
-        val_kwargs = {**reward_kwargs, "rationale_temperature": 0.0} \
+        val_kwargs = {**reward_kwargs, "rationale_temperature": 0.0, "share_log_prob_forward": False} \
             if config.reward_model.reward_manager == "hidden" else reward_kwargs
         val_reward_fn = load_reward_manager(config, tokenizer, num_examine=1, **val_kwargs)
 

@@ -7,6 +7,9 @@
   the worker, never per-token hidden states. Each forward holds at most the token budget of verl's log-prob pass
   (`actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu`) of positions, valid tokens only, whether or not
   dynamic batching is on.
+- `compute_log_prob_and_embeddings`: the training reward's embeddings of the rollouts and verl's old log-probs of
+  the same rows from one forward (the policy is the same in both: the update comes after); the reward manager
+  leaves the log-probs in the batch and `compute_log_prob` returns them instead of forwarding the rows again.
 - the actors: verl's, computing only the positions their log-probs read (`grace.verl_ext.actor`).
 - the rollout: verl's HF rollout generates at the right positions with verl's sampling options alone, with GRACE's
   continuous-batching generator on one rank (`grace.verl_ext.rollout`); the vLLM rollout is verl's own.
@@ -34,6 +37,8 @@ from grace.verl_ext.rollout import grace_rollout
 
 REWARD_METRIC_PREFIX = "grace/"
 BATCH_METRICS_KEY = "grace_batch_metrics"  # meta_info: the reward manager's means over the whole batch
+# batch keys: the old log-probs and entropies that the training reward's forward computed for these rows
+STORED_OLD_LOG_PROBS, STORED_ENTROPIES = "grace_old_log_probs", "grace_entropys"
 
 
 def token_budget_micro_batches(lengths: list[int], max_token_len: int, count: int = 0) -> list[list[int]]:
@@ -168,6 +173,35 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
             if self._is_offload_param:
                 offload_fsdp_model_to_cpu(self.actor_module_fsdp)
         return DataProto.from_dict(tensors={"embeddings": embeddings.cpu()})
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_log_prob_and_embeddings(self, data: DataProto) -> DataProto:
+        """verl's `compute_log_prob` of rollout rows (`responses` and the sequence keys) with their `embeddings`
+        [B, H] float32 pooled as `compute_pooled_embeddings` pools them (per-row `pool_skip`): from the same forward
+        on GRACE's own actor path; on verl's paths (remove-padding, fused kernels, Ulysses, dynamic batch sizes:
+        the GPU recipe) from a second forward."""
+        if self.actor.forwards_in_row_order(self.config.rollout.log_prob_use_dynamic_bsz):
+            with self.actor.pooling_hidden_states(data.batch["pool_skip"]) as pooled:
+                output = super().compute_log_prob(data)
+            embeddings = torch.cat(pooled)
+        else:
+            output = super().compute_log_prob(data)
+            embeddings = self.compute_pooled_embeddings(data).batch["embeddings"]
+        if len(embeddings) != len(data):
+            raise RuntimeError(f"pooled {len(embeddings)} rows of the log-prob forward for {len(data)} rollouts")
+        output.batch["embeddings"] = embeddings.float().cpu()
+        return output
+
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def compute_log_prob(self, data: DataProto) -> DataProto:
+        """verl's, or the old log-probs that the training reward's forward left in the batch for these rows (a LoRA
+        reference pass, `is_lora`, always forwards)."""
+        stored = (STORED_OLD_LOG_PROBS, STORED_ENTROPIES)
+        if data.meta_info.get("is_lora") or not set(stored) <= set(data.batch.keys()):
+            return super().compute_log_prob(data)
+        return DataProto.from_dict(tensors={"old_log_probs": data.batch[STORED_OLD_LOG_PROBS],
+                                            "entropys": data.batch[STORED_ENTROPIES]},
+                                   meta_info={"temperature": self.config.rollout.temperature})
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
