@@ -12,7 +12,9 @@ the weights' products. `ContinuousBatchGenerator` instead:
   them, never concatenating; the window slides left (one copy) when the buffers fill up;
 - attends with SDPA's grouped-query mode, which reads each key/value head where it lies (a decode step in bf16 on a
   CPU with two grouped products instead: SDPA's CPU kernel is slow there);
-- chooses the number of slots from a memory budget when the caller does not.
+- chooses the number of slots from a memory budget when the caller does not;
+- can pool each row's last-layer hidden states as it goes (`generate_pooled`): the prefill's and each decode step's
+  are the hidden states a forward over the whole sequence computes, so the embedding needs no second forward.
 
 Each row attends exactly its own tokens (an explicit 4-D mask) at its own positions, so it gets the sequence it would
 get generated alone, up to the float rounding of differently shaped products (tested against one-prompt-at-a-time
@@ -35,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 
-from grace.embedding import position_ids_from_mask
+from grace.embedding import last_hidden_state_captured, position_ids_from_mask
+from grace.pooling import mean_of_sums, pooled_sums
 
 ATTENTION = "grace_grouped_query_sdpa"
 MEMORY_BUDGET_BYTES = 2 * 1024**3  # key/value buffers on a CPU; on a GPU, half of the free memory
@@ -268,24 +271,44 @@ class ContinuousBatchGenerator:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], settings: GenerationSettings, on_finished=None) -> list[list[int]]:
         """`on_finished(count)` is called as rows finish (for progress bars)."""
+        return self._generate(prompts, settings, on_finished, pool_skip=None)
+
+    @torch.no_grad()
+    def generate_pooled(self, prompts: list[list[int]], settings: GenerationSettings, pool_skip: list[int],
+                        on_finished=None) -> tuple[list[list[int]], torch.Tensor]:
+        """The rationales, and float32 [N, H] L2-normalised embeddings of each prompt + rationale (its final token
+        included) pooled from the hidden states the generation computes: the masked mean of the last layer after
+        each row's first `pool_skip` tokens (at most its prompt: `grace.pooling.pooling_skip`), what a forward over
+        the sequence would pool, up to float rounding, without that forward. Each row stays one more decode step in
+        its slot to forward its final token, so the schedule, and with it the sampled rationales, differ from
+        `generate`'s."""
+        if len(pool_skip) != len(prompts) or any(not 0 <= k <= len(p) for k, p in zip(pool_skip, prompts)):
+            raise ValueError("pool_skip needs one count per prompt, between 0 and the prompt's length")
+        return self._generate(prompts, settings, on_finished, pool_skip)
+
+    def _generate(self, prompts, settings, on_finished, pool_skip):
         if any(len(p) == 0 for p in prompts):
             raise ValueError("an empty prompt cannot be generated from")
         self.stats = DecodeStats()
         if not prompts:
-            return []
+            return [] if pool_skip is None else ([], torch.zeros(0, self.model.config.hidden_size))
         refusal = unsupported_attention(self.model, max(map(len, prompts)) + settings.max_new_tokens)
         if refusal is not None:
             raise UnsupportedModelError(f"{refusal}: its rationales would be wrong. Generate them with vLLM on a GPU "
                                         "(GraceEncoder.from_pretrained(..., backend='vllm')); in training, verl's HF "
                                         "rollout takes such models through model.generate by itself")
         with _attention_implementation(self.model, ATTENTION):
-            return _Decode(self, prompts, settings, on_finished).run()
+            decode = _Decode(self, prompts, settings, on_finished, pool_skip)
+            rationales = decode.run()
+        return rationales if pool_skip is None else (rationales, decode.embeddings())
 
 
 class _Decode:
-    """The state of one `generate` call: slots, their rows, the key/value window."""
+    """The state of one `generate` call: slots, their rows, the key/value window; with `pool_skip`, each slot's
+    running sum of pooled hidden states, and the slots whose row has finished but whose final token is still to be
+    forwarded (`closing`)."""
 
-    def __init__(self, owner: ContinuousBatchGenerator, prompts, settings, on_finished):
+    def __init__(self, owner: ContinuousBatchGenerator, prompts, settings, on_finished, pool_skip=None):
         self.model, self.settings, self.prompts = owner.model, settings, prompts
         self.eos = torch.tensor(owner.eos_ids, device=self.model.device)
         self.pad_id, self.stats, self.on_finished = owner.pad_id, owner.stats, on_finished
@@ -309,6 +332,17 @@ class _Decode:
         self.generator = None
         if settings.do_sample:
             self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.pool_skip = pool_skip
+        if pool_skip is not None:
+            hidden_size = self.model.config.hidden_size
+            self.pool_sum = torch.zeros(slots, hidden_size, device=device)
+            self.pool_count = torch.zeros(slots, device=device)
+            self.closing = [False] * slots
+            self.pooled_sums = torch.zeros(len(prompts), hidden_size)
+            self.pooled_counts = torch.zeros(len(prompts))
+
+    def embeddings(self) -> torch.Tensor:
+        return mean_of_sums(self.pooled_sums, self.pooled_counts)
 
     def run(self) -> list[list[int]]:
         while True:
@@ -324,11 +358,13 @@ class _Decode:
                 self.keep_live_slots()
             self.decode_step()
 
-    def model_step(self, input_ids, attention_mask, position_ids, cache: SlotKVCache) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    def model_step(self, input_ids, attention_mask, position_ids, cache: SlotKVCache):
+        """The next token of each row, and the last layer's hidden states of the forwarded tokens when pooling."""
+        with last_hidden_state_captured(self.model) as captured:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         cache.advance(input_ids.shape[1], self.layers)
-        return choose_tokens(logits, self.settings, self.generator)
+        return choose_tokens(logits, self.settings, self.generator), captured["hidden"]
 
     def fill(self, free_slots: list[int]) -> None:
         """Prefill waiting prompts (longest first) into free slots: a forward takes the next prompts within a token
@@ -353,8 +389,11 @@ class _Decode:
             # a padding position attends to itself only, so its (unused) values stay finite
             attention = (causal & mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
             prefill = SlotKVCache(count, width)
-            first = self.model_step(ids, attention[:, None], position_ids_from_mask(mask), prefill)
+            first, hidden = self.model_step(ids, attention[:, None], position_ids_from_mask(mask), prefill)
             index = torch.tensor(slots, device=device)
+            if self.pool_skip is not None:  # the prompt's tokens after its skip
+                skip = torch.tensor([self.pool_skip[row] for row in rows], device=device)
+                self.pool_sum[index], self.pool_count[index] = pooled_sums(hidden, mask, skip)
             self.cache.copy_in(index, prefill, width)
             self.valid[index] = False
             self.valid[index, self.cache.end - width : self.cache.end] = mask
@@ -372,11 +411,16 @@ class _Decode:
             row = self.row_of_slot[slot]
             if row is None:
                 continue
+            if self.pool_skip is not None and self.closing[slot]:
+                continue
             out = self.outputs[row]
             out.append(token)
             if at_eos or len(out) == self.settings.max_new_tokens:
                 self.done[row] = self.outputs.pop(row)
-                self.row_of_slot[slot] = None
+                if self.pool_skip is None:
+                    self.row_of_slot[slot] = None
+                else:  # its final token is forwarded in the next step, for its hidden state
+                    self.closing[slot] = True
                 self.stats.generated_tokens += len(out)
                 if self.on_finished is not None:
                     self.on_finished(1)
@@ -390,13 +434,28 @@ class _Decode:
         # every slot sees its newest column, so a free slot's attention stays finite
         self.valid[:, cache.end] = True
         attention = self.valid[:, None, None, cache.start : cache.end + 1]
-        tokens = self.model_step(self.next_tokens[:, None], attention, self.positions[:, None], cache)
+        tokens, hidden = self.model_step(self.next_tokens[:, None], attention, self.positions[:, None], cache)
         self.positions += 1
         self.next_tokens = tokens
         self.stats.decode_steps += 1
         self.stats.slot_steps += len(self.row_of_slot)
+        if self.pool_skip is not None:
+            self.pool_forwarded_tokens(live, hidden[:, -1])
+            live = [s for s, row in enumerate(self.row_of_slot) if row is not None]
         self.stats.live_slot_steps += len(live)
         self.record(tokens, list(range(len(self.row_of_slot))))
+
+    def pool_forwarded_tokens(self, occupied: list[int], hidden: torch.Tensor) -> None:
+        """Add each occupied slot's forwarded token (a rationale token: the skip ends within the prompt) to its sum;
+        a closing slot's was its row's final token: the row's sums are complete and the slot is freed."""
+        index = torch.tensor(occupied, device=hidden.device)
+        self.pool_sum[index] += hidden[index].float()
+        self.pool_count[index] += 1
+        for slot in occupied:
+            if self.closing[slot]:
+                row = self.row_of_slot[slot]
+                self.pooled_sums[row], self.pooled_counts[row] = self.pool_sum[slot].cpu(), self.pool_count[slot].cpu()
+                self.row_of_slot[slot], self.closing[slot] = None, False
 
     def shift_window(self, first_live_column: int) -> None:
         """Slide every buffer left when they are full, keeping `longest` columns of room for a prompt."""
@@ -415,6 +474,9 @@ class _Decode:
         self.valid, self.positions, self.next_tokens = self.valid[index], self.positions[index], self.next_tokens[index]
         self.row_of_slot = [self.row_of_slot[s] for s in live]
         self.first_column = [self.first_column[s] for s in live]
+        if self.pool_skip is not None:
+            self.pool_sum, self.pool_count = self.pool_sum[index], self.pool_count[index]
+            self.closing = [self.closing[s] for s in live]
 
 
 class VLLMGenerator:

@@ -76,12 +76,25 @@ def pool_hidden_states(
                          f"{tuple(skip.shape)}")
     if bool((skip < 0).any()):
         raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    skip = torch.where(skip > attention_mask.bool().sum(dim=1), 0, skip)
+    summed, counts = pooled_sums(hidden, attention_mask, skip)
+    return mean_of_sums(summed, counts, normalize)
+
+
+def pooled_sums(hidden: torch.Tensor, attention_mask: torch.Tensor, skip: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 [B, H] sums of `hidden` [B, T, H] over each row's valid tokens after its first `skip` [B] (or one
+    count), and [B] float32 numbers of tokens summed: the parts of a mean that can be added up piece by piece (the
+    generator pools a sequence as it is generated)."""
     valid = attention_mask.bool()
     rank_among_valid = valid.long().cumsum(dim=1)  # 1 for the first valid token of each row
-    skip = torch.where(skip > valid.sum(dim=1), 0, skip).reshape(-1, 1)
-    weights = (valid & (rank_among_valid > skip)).to(torch.float32)
-    summed = torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1)
-    pooled = summed / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    weights = (valid & (rank_among_valid > torch.as_tensor(skip, device=hidden.device).reshape(-1, 1))).float()
+    return torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1), weights.sum(dim=1)
+
+
+def mean_of_sums(summed: torch.Tensor, counts: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The masked mean from `pooled_sums`' parts (a row with no token: zeros), L2-normalised when asked."""
+    pooled = summed / counts.clamp(min=1.0).unsqueeze(-1)
     if normalize:
         pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
     return pooled

@@ -94,6 +94,23 @@ def test_encode_is_deterministic_and_independent_of_batch_composition(encoder):
     np.testing.assert_array_equal(encoder.encode(TEXTS, batch_size=3), together)
 
 
+def test_generated_rationales_are_pooled_in_generation_and_cached_ones_by_a_forward(tiny_model_path, tmp_path,
+                                                                                     monkeypatch):
+    from grace.evaluation.rationale_cache import RationaleCache
+
+    settings = EncoderSettings(max_input_length=160, generation=GenerationSettings(max_new_tokens=10))
+    encoder = GraceEncoder.from_pretrained(tiny_model_path, backend="hf", device="cpu", settings=settings)
+    encoder.rationale_cache = RationaleCache(tmp_path / "rationales.sqlite", "test")
+    forwarded, forward = [], encoder.embed_token_sequences
+    monkeypatch.setattr(encoder, "embed_token_sequences",
+                        lambda sequences, *args: forwarded.append(len(sequences)) or forward(sequences, *args))
+    generated, rationales = encoder.encode(TEXTS, return_rationales=True)
+    assert forwarded == [0]  # every rationale was generated here: pooled in its generation
+    from_cache, cached_rationales = encoder.encode(TEXTS, return_rationales=True)
+    assert forwarded == [0, len(set(TEXTS))] and cached_rationales == rationales
+    np.testing.assert_allclose(from_cache, generated, rtol=1e-5, atol=1e-6)
+
+
 def test_identical_texts_are_generated_once(tiny_model_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     from transformers import AutoTokenizer
@@ -101,8 +118,11 @@ def test_identical_texts_are_generated_once(tiny_model_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     generator = CountingGenerator(tokenizer.eos_token_id)
     encoder = GraceEncoder(model, tokenizer, generator=generator)
+    forwarded, forward = [], encoder.embed_token_sequences
+    encoder.embed_token_sequences = lambda sequences, *args: forwarded.append(len(sequences)) or forward(sequences, *args)
     embeddings = encoder.encode(TEXTS + TEXTS)
     assert generator.prompts_seen == 4
+    assert forwarded == [4]  # a generator that cannot pool (vLLM's interface): its rationales are forwarded
     np.testing.assert_array_equal(embeddings[0], embeddings[4])
 
 

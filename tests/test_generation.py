@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import grace.encoder
 import grace.generation
+from grace.embedding import embed_sequences
 from grace.encoder import GraceEncoder
 from grace.generation import (
     ContinuousBatchGenerator,
@@ -60,6 +61,28 @@ def test_continuous_batching_gives_the_rationales_of_one_prompt_at_a_time(chaoti
     single = ContinuousBatchGenerator(chaotic_model, [eos], pad_id=0, slots=1)
     single.generate(prompts, settings)
     assert single.stats.window_shifts >= 1  # twelve rows through one slot fill the buffers: the window slid
+
+
+def test_embeddings_pooled_in_generation_are_those_of_a_forward_over_the_sequence(chaotic_model, prompts):
+    endless = one_at_a_time(chaotic_model, prompts, NEW_TOKENS, [10**6])
+    eos = frequent_inner_token(endless)
+    skip = [(0, 5, len(p))[i % 3] for i, p in enumerate(prompts)]  # none, a prefix, the whole prompt (response)
+    for settings in (GenerationSettings(max_new_tokens=NEW_TOKENS),
+                     GenerationSettings(max_new_tokens=NEW_TOKENS, do_sample=True, seed=3),
+                     GenerationSettings(max_new_tokens=1)):
+        for slots in (1, 3, 12):
+            generator = ContinuousBatchGenerator(chaotic_model, [eos], pad_id=0, slots=slots)
+            rationales, pooled = generator.generate_pooled(prompts, settings, skip)
+            if not settings.do_sample:  # the extra step of each row changes nothing of greedy rationales
+                assert rationales == generator.generate(prompts, settings), (settings, slots)
+            assert {len(r) for r in rationales} >= ({1} if settings.max_new_tokens == 1 else {NEW_TOKENS})
+            expected = torch.cat([embed_sequences(chaotic_model, torch.tensor([p + r]), torch.ones(1, len(p + r)),
+                                                  prefix_len=k) for p, r, k in zip(prompts, rationales, skip)])
+            torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5, msg=f"{settings}, {slots} slots")
+    with pytest.raises(ValueError, match="pool_skip"):
+        generator.generate_pooled(prompts[:2], settings, [0, len(prompts[1]) + 1])
+    with pytest.raises(ValueError, match="pool_skip"):
+        generator.generate_pooled(prompts[:2], settings, [0])
 
 
 def test_sampling_is_seeded_and_a_tiny_nucleus_is_greedy(chaotic_model, prompts):
