@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine_rates import timed  # noqa: E402
@@ -61,7 +60,8 @@ def main() -> int:
 
     same = np.array([a == b for a, b in zip(pooled_rationales, forwarded_rationales)])
     print(f"machine: {machine_description()}; dtype {encoder.model.dtype}")
-    print(f"{len(texts)} texts, greedy rationales of at most {args.rationale_length} tokens, pooling {args.pooling_span}")
+    print(f"{len(texts)} texts, greedy rationales of at most {args.rationale_length} tokens, "
+          f"pooling {args.pooling_span}")
     print(f"generate + forward: {forwarded_seconds:7.1f} s")
     print(f"pooled in generation: {pooled_seconds:5.1f} s")
     print(f"forward path / pooled path: {forwarded_seconds / pooled_seconds:.2f}x")

@@ -119,7 +119,8 @@ def test_identical_texts_are_generated_once(tiny_model_path):
     generator = CountingGenerator(tokenizer.eos_token_id)
     encoder = GraceEncoder(model, tokenizer, generator=generator)
     forwarded, forward = [], encoder.embed_token_sequences
-    encoder.embed_token_sequences = lambda sequences, *args: forwarded.append(len(sequences)) or forward(sequences, *args)
+    encoder.embed_token_sequences = lambda sequences, *args: (forwarded.append(len(sequences))
+                                                              or forward(sequences, *args))
     embeddings = encoder.encode(TEXTS + TEXTS)
     assert generator.prompts_seen == 4
     assert forwarded == [4]  # a generator that cannot pool (vLLM's interface): its rationales are forwarded
