@@ -102,7 +102,7 @@ def test_eval_mteb_on_local_tasks_caches_rationales(tiny_model_path, tmp_path, m
     def no_generation(*_args, **_kwargs):
         raise AssertionError("a cached rationale was generated again")
 
-    monkeypatch.setattr(ContinuousBatchGenerator, "generate", no_generation)
+    monkeypatch.setattr(ContinuousBatchGenerator, "_generate", no_generation)  # generate and generate_pooled
     again = args[:-6] + ["--output_dir", str(tmp_path / "again"), "--rationale_cache",
                          str(tmp_path / "run/rationales.sqlite"), "--compare", str(tmp_path / "run/summary.json"),
                          "--batch_size", "4", "--model_name", "tiny"]
@@ -116,7 +116,7 @@ def test_generation_failure_stops_the_evaluation(tiny_model_path, tmp_path, monk
     def broken(*_args, **_kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(ContinuousBatchGenerator, "generate", broken)
+    monkeypatch.setattr(ContinuousBatchGenerator, "_generate", broken)  # generate and generate_pooled
     with pytest.raises(RuntimeError, match="rationale generation failed.*CUDA out of memory"):
         eval_mteb.main(["--model_path", str(tiny_model_path), "--tasks", "LeeSTS", "--local_size", "3",
                         "--output_dir", str(tmp_path)])
