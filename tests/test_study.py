@@ -10,7 +10,7 @@ import mteb
 import numpy as np
 import pytest
 import torch
-from scipy.stats import linregress
+from scipy.stats import linregress, spearmanr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
@@ -25,10 +25,17 @@ from grace.study.diversity import loops, rationale_diversity
 from grace.study.diversity import main as diversity_main
 from grace.study.drift import main as drift_main
 from grace.study.drift import rationale_kl
-from grace.study.heldout import HeldOutEvaluation, retrieval_per_query, spearman_of_units
+from grace.study.heldout import HeldOutEvaluation, hit_rate_percent, retrieval_per_query, spearman_of_units
 from grace.study.perplexity import perplexity
 from grace.study.runner import collect_results
-from grace.study.stats import bootstrap_interval, linear_trend, paired_bootstrap, resample_units, trend_verdict
+from grace.study.stats import (
+    _replicates,
+    bootstrap_interval,
+    linear_trend,
+    paired_bootstrap,
+    resample_units,
+    trend_verdict,
+)
 from tests.training import write_tiny_dataset
 
 
@@ -69,6 +76,45 @@ def test_spearman_bootstrap_resamples_pairs_as_rows():
     result = paired_bootstrap(units_a, units_b, spearman_of_units, resamples=300)
     assert result["diff"] == pytest.approx(spearman_of_units(units_a) + 100)
     assert result["ci_low"] > 150
+
+
+def test_spearman_of_units_scores_a_batch_like_scipy():
+    rng = np.random.default_rng(3)
+    units = np.stack([rng.normal(size=(40, 60)), np.round(rng.normal(size=(40, 60)) * 2)], axis=-1)  # gold ties
+    units[0, :, 0] = np.round(units[0, :, 0])  # ties in the predictions too
+    expected = [100 * spearmanr(u[:, 0], u[:, 1]).statistic for u in units]
+    np.testing.assert_allclose(spearman_of_units(units), expected, rtol=1e-12)
+    assert spearman_of_units(units[5]) == pytest.approx(expected[5], rel=1e-12)
+
+
+def _bootstrap_loop(arms, statistics, resamples, seed, documents):
+    """The bootstrap one replicate at a time, with scipy's Spearman: the oracle of the batched one."""
+    scipy_statistics = {task: (lambda u: 100 * spearmanr(u[:, 0], u[:, 1]).statistic)
+                        if statistic is spearman_of_units else (lambda u: 100 * float(np.mean(u)))
+                        for task, statistic in statistics.items()}
+    rng = np.random.default_rng(seed)
+    replicates = [np.empty(resamples) for _ in arms]
+    for r in range(resamples):
+        indices = {task: resample_units(rng, len(arms[0][task][0]), documents.get(task)) for task in statistics}
+        for values, arm in zip(replicates, arms):
+            runs = len(arm[next(iter(statistics))])
+            picked = [0] if runs == 1 else rng.integers(0, runs, size=runs)
+            values[r] = np.mean([np.mean([scipy_statistics[task](arm[task][k][indices[task]]) for k in picked])
+                                 for task in statistics])
+    return replicates
+
+
+def test_the_batched_bootstrap_equals_one_replicate_at_a_time():
+    rng = np.random.default_rng(4)
+    documents = np.array([(i, j) for i in range(12) for j in range(i + 1, 12)])  # 66 pairs of 12 documents
+    statistics = {"sts": spearman_of_units, "hits": hit_rate_percent, "pairs": spearman_of_units}
+    arms = [{"sts": [rng.normal(size=(50, 2)) for _ in range(runs)],
+             "hits": [(rng.random(80) < 0.5).astype(float) for _ in range(runs)],
+             "pairs": [rng.normal(size=(66, 2)) for _ in range(runs)]} for runs in (3, 1)]
+    batched = _replicates(arms, statistics, 200, 7, {"pairs": documents})
+    for got, expected in zip(batched, _bootstrap_loop(arms, statistics, 200, 7, {"pairs": documents})):
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+        assert np.isfinite(got).all()
 
 
 def test_seeds_are_resampled_with_the_items():

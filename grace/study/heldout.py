@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from grace.evaluation.local_tasks import description_retrieval_items, lee_items
 from grace.study.mteb_offline import STS_TASKS, mteb_offline_items
@@ -45,13 +45,18 @@ def retrieval_per_query(query_embeddings: np.ndarray, document_embeddings: np.nd
             "ndcg_at_10": np.where(rank < 10, 1.0 / np.log2(rank + 2), 0.0)}
 
 
-def spearman_of_units(units: np.ndarray) -> float:
-    """Spearman correlation (x100) of column 0 (predicted similarity) against column 1 (human rating)."""
-    return 100 * float(spearmanr(units[:, 0], units[:, 1]).statistic)
+def spearman_of_units(units: np.ndarray) -> np.ndarray | float:
+    """Spearman correlation (x100) of column 0 (predicted similarity) against column 1 (human rating) of units
+    [..., n, 2]: the Pearson correlation of their ranks (ties share their average rank); nan for a constant column."""
+    ranks = rankdata(units, axis=-2)
+    ranks = ranks - ranks.mean(axis=-2, keepdims=True)
+    predicted, gold = ranks[..., 0], ranks[..., 1]
+    return 100 * (predicted * gold).sum(-1) / np.sqrt((predicted ** 2).sum(-1) * (gold ** 2).sum(-1))
 
 
-def hit_rate_percent(units: np.ndarray) -> float:
-    return 100 * float(np.mean(units))
+def hit_rate_percent(units: np.ndarray) -> np.ndarray | float:
+    """Percentage of hits among units [..., n] (0/1)."""
+    return 100 * np.mean(units, axis=-1)
 
 
 @dataclass

@@ -12,6 +12,10 @@ from typing import Callable
 
 import numpy as np
 
+# A statistic maps units [..., n, *unit] to one value per leading index: the bootstrap scores a batch of resamples
+# [resamples, n, *unit] in one call, and one arm's units [n, *unit] give its score.
+Statistic = Callable[[np.ndarray], "np.ndarray | float"]
+
 
 def linear_trend(values, steps=None) -> tuple[float, float]:
     """Least-squares slope of `values` over `steps` (1..n when omitted) and its standard error; nan with fewer
@@ -39,8 +43,9 @@ def trend_verdict(slope: float, error: float, what: str = "the reward") -> str:
     return f"{what} showed no clear trend (slope within two standard errors of 0)"
 
 
-def mean_statistic(units: np.ndarray) -> float:
-    return float(np.mean(units))
+def mean_statistic(units: np.ndarray) -> np.ndarray | float:
+    """The mean of scalar units [..., n]: one value per leading index (a batch of bootstrap resamples)."""
+    return np.mean(units, axis=-1)
 
 
 def _as_runs(units) -> list[np.ndarray]:
@@ -66,7 +71,11 @@ def _replicates(arms: list[dict], statistics: dict, resamples: int, seed: int, d
     """Bootstrap replicates of each arm's score averaged over `statistics`' tasks (task -> statistic). `arms` are
     dicts task -> units (an array, or a list of arrays: one run per training seed). In each replicate every task's
     units are resampled once and shared by all arms (paired), and an arm with several runs draws its runs with
-    replacement once for all tasks, so the interval includes the seed-to-seed spread."""
+    replacement once for all tasks, so the interval includes the seed-to-seed spread.
+
+    The resamples are drawn first, in one fixed order, and each statistic then scores all of a task's resamples at
+    once (statistics map units [..., n, *unit] to [...]); resamples of documents differ in length and are scored
+    one by one."""
     arms = [{task: _as_runs(units[task]) for task in statistics} for units in arms]
     sizes = {task: len(arms[0][task][0]) for task in statistics}
     for task, n in sizes.items():
@@ -81,25 +90,42 @@ def _replicates(arms: list[dict], statistics: dict, resamples: int, seed: int, d
     counts = [{len(runs) for runs in a.values()} for a in arms]
     if any(len(c) != 1 for c in counts):
         raise ValueError(f"an arm must have the same number of runs on every task: {counts}")
+    runs = [len(next(iter(arm.values()))) for arm in arms]
     rng = np.random.default_rng(seed)
-    replicates = [np.empty(resamples) for _ in arms]
+    indices = {task: [] for task in sizes}
+    picks = [np.zeros((resamples, r)) for r in runs]  # picks[arm][replicate, run]: how often the run was drawn
     for r in range(resamples):
-        indices = {task: resample_units(rng, n, None if documents.get(task) is None else np.asarray(documents[task]))
-                   for task, n in sizes.items()}
-        for values, arm in zip(replicates, arms):
-            runs = len(next(iter(arm.values())))
-            picked = [0] if runs == 1 else rng.integers(0, runs, size=runs)
-            if any(len(i) < 2 for i in indices.values()):
-                values[r] = np.nan
-                continue
-            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # scipy warns of a constant input; its nan is left out above
-                values[r] = np.mean([np.mean([statistics[task](arm[task][k][indices[task]]) for k in picked])
-                                     for task in statistics])
+        for task, n in sizes.items():
+            indices[task].append(resample_units(rng, n, None if documents.get(task) is None
+                                                else np.asarray(documents[task])))
+        for arm_picks, arm_runs in zip(picks, runs):
+            np.add.at(arm_picks[r], [0] if arm_runs == 1 else rng.integers(0, arm_runs, size=arm_runs), 1)
+    undefined = np.zeros(resamples, dtype=bool)  # a resample of fewer than 2 units (possible with documents)
+    for task_indices in indices.values():
+        undefined |= np.array([len(i) < 2 for i in task_indices])
+    replicates = []
+    for arm, arm_picks in zip(arms, picks):
+        per_task = []
+        for task, statistic in statistics.items():
+            # scores[replicate, run]: the statistic of each run on each resample
+            scores = np.stack([_score_resamples(statistic, run, indices[task]) for run in arm[task]], axis=1)
+            per_task.append((scores * arm_picks).sum(axis=1) / arm_picks.sum(axis=1))
+        values = np.mean(per_task, axis=0)
+        values[undefined] = np.nan
+        replicates.append(values)
     return replicates
 
 
-def point_estimate(units, statistic: Callable[[np.ndarray], float] = None) -> float:
+def _score_resamples(statistic: Callable, units: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
+    """statistic(units[i]) for every resample i; in one call when the resamples have one length."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant resample has no correlation: its nan is left out later
+        if len({len(i) for i in indices}) == 1:
+            return np.asarray(statistic(units[np.stack(indices)]), dtype=np.float64)
+        return np.array([statistic(units[i]) if len(i) >= 2 else np.nan for i in indices], dtype=np.float64)
+
+
+def point_estimate(units, statistic: Statistic = None) -> float:
     """The arm's score: statistic of each run's units, averaged over its runs."""
     statistic = statistic or mean_statistic
     return float(np.mean([statistic(run) for run in _as_runs(units)]))
@@ -113,7 +139,7 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def paired_bootstrap(units_a, units_b, statistic: Callable[[np.ndarray], float] = mean_statistic,
+def paired_bootstrap(units_a, units_b, statistic: Statistic = mean_statistic,
                      resamples: int = 2000, seed: int = 0, confidence: float = 0.95, documents=None) -> dict:
     """Difference statistic(A) - statistic(B) and its percentile bootstrap interval, resampling the paired units
     (queries, sentence pairs; or the documents of the pairs, `documents`) together: both arms see the same
@@ -130,7 +156,7 @@ def paired_bootstrap(units_a, units_b, statistic: Callable[[np.ndarray], float] 
             "ci_high": high, "n": len(_as_runs(units_a)[0]), "resamples": resamples}
 
 
-def bootstrap_interval(units, statistic: Callable[[np.ndarray], float] = mean_statistic, resamples: int = 2000,
+def bootstrap_interval(units, statistic: Statistic = mean_statistic, resamples: int = 2000,
                        seed: int = 0, confidence: float = 0.95, documents=None) -> tuple[float, float]:
     """Percentile bootstrap interval of one arm's statistic (the error bars of a score); units as in
     `paired_bootstrap`."""
