@@ -8,6 +8,12 @@ The batch is what verl hands the actor with `use_remove_padding=False`: prompts 
 `_forward_micro_batch` and a backward of the summed log-probs (the update's work), `--repeats` times after one
 warm-up; the ratio is verl's time over GRACE's. Both see one float32 model: verl's bf16 autocast is turned off, as
 in a float32 CPU run.
+
+    .venv/bin/python benchmarks/actor_speed.py --compile_layers   # GRACE's actor: eager against compiled layers
+
+compares instead GRACE's actor on the model as it is against a copy whose decoder layers' and final norm's forwards
+are compiled (torch.compile, which fuses the RMSNorm, rotary and SiLU elementwise work), the two passes alternating
+`--rounds` times after the compiled copy's warm-up (its compile time is printed too).
 """
 
 import argparse
@@ -50,6 +56,26 @@ def seconds_per_pass(actor, batch, repeats: int) -> float:
     return sum(times[1:]) / repeats
 
 
+def compare_compiled_layers(model, config, batch: dict, repeats: int, rounds: int) -> None:
+    import copy
+
+    compiled = copy.deepcopy(model)
+    for module in [*compiled.model.layers, compiled.model.norm]:
+        module.forward = torch.compile(module.forward)  # the forward only: hooks (FSDP2's) stay outside the graph
+    eager_actor = ResponseLogitsActor(config=config, actor_module=model)
+    compiled_actor = ResponseLogitsActor(config=config, actor_module=compiled)
+    started = time.perf_counter()
+    seconds_per_pass(compiled_actor, batch, 1)
+    print(f"compile and two passes: {time.perf_counter() - started:.1f} s")
+    eager, fused = [], []
+    for _ in range(rounds):
+        eager.append(seconds_per_pass(eager_actor, batch, repeats))
+        fused.append(seconds_per_pass(compiled_actor, batch, repeats))
+    print("eager    s per forward + backward, by round: " + " ".join(f"{t:.2f}" for t in eager))
+    print("compiled s per forward + backward, by round: " + " ".join(f"{t:.2f}" for t in fused))
+    print(f"ratio eager / compiled (means of rounds): {sum(eager) / sum(fused):.2f}")
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM
     from verl.workers.actor import DataParallelPPOActor
@@ -59,6 +85,9 @@ def main() -> None:
     parser.add_argument("--prompt_width", type=int, default=192, help="padded prompt width (data.max_prompt_length)")
     parser.add_argument("--response_width", type=int, default=48, help="padded response width")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per actor after one warm-up")
+    parser.add_argument("--compile_layers", action="store_true",
+                        help="compare GRACE's actor eager against compiled decoder layers instead of verl's actor")
+    parser.add_argument("--rounds", type=int, default=3, help="with --compile_layers: alternating rounds of timing")
     args = parser.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29534")
@@ -72,6 +101,10 @@ def main() -> None:
     batch = demo_like_batch(model.config.vocab_size, args.rows, args.prompt_width, args.response_width)
     print(f"SmolLM2-135M float32, {args.rows} rows x ({args.prompt_width} + {args.response_width}) positions, "
           f"{int(batch['attention_mask'].sum())} real tokens; {machine_description()}")
+    if args.compile_layers:
+        compare_compiled_layers(model, config, batch, args.repeats, args.rounds)
+        dist.destroy_process_group()
+        return
     verl_seconds = seconds_per_pass(DataParallelPPOActor(config=config, actor_module=model), batch, args.repeats)
     grace_seconds = seconds_per_pass(ResponseLogitsActor(config=config, actor_module=model), batch, args.repeats)
     print(f"verl DataParallelPPOActor: {verl_seconds:.2f} s per forward + backward")
