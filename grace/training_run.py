@@ -66,6 +66,9 @@ class TrainingSettings:
                                          "rollouts of a group apart")
     kl_coef: float = _setting(0.0, "KL loss to the base model (verl's low_var_kl, actor.kl_loss_coef); above 0 it "
                                    "builds and runs a reference model every step")
+    contrastive_coef: float = _setting(0.0, "weight of an auxiliary contrastive loss on the rollouts' pooled hidden "
+                                            "states beside the GRPO reward (beyond the paper; "
+                                            "grace.rollout_contrastive; 0: off)")
     pooling_span: str = _setting("prompt+response", "tokens pooled into an embedding, in the reward and the evaluation",
                                  choices=["prompt+response", "response"])
     share_log_prob_forward: bool = _setting(True, "the training reward embeds the rollouts in verl's old-log-prob "
@@ -218,6 +221,7 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         "actor_rollout_ref.actor.strategy=fsdp2", f"actor_rollout_ref.actor.optim.lr={s.lr}",
         f"actor_rollout_ref.actor.use_kl_loss={s.kl_coef > 0}", f"actor_rollout_ref.actor.kl_loss_coef={s.kl_coef}",
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl", f"actor_rollout_ref.actor.entropy_coeff={s.entropy_coeff}",
+        f"+actor_rollout_ref.actor.grace_contrastive_coef={s.contrastive_coef}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={s.prompts * s.rollouts}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={mini_batch * s.rollouts}",

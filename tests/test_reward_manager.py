@@ -169,11 +169,18 @@ def test_the_log_prob_forward_gives_the_same_rewards_and_leaves_its_log_probs_wi
     assert torch.equal(stored["grace_entropys"], stored["responses"].double() / 7)
 
 
-def test_response_pooling_span_pools_only_the_generated_tokens(setup):
+def response_span_reward(setup):
+    """A rollout batch rewarded with the rationale pooled alone: the batch after the call, and the reward's parts."""
     tokenizer, model, dataset = setup
     workers = InProcessWorkers(model, tokenizer.eos_token_id)
     batch = rollout_batch(dataset, workers)
     extra = manager_for(tokenizer, workers, pooling_span="response")(batch, return_dict=True)["reward_extra_info"]
+    return batch, extra, workers
+
+
+def test_response_pooling_span_pools_only_the_generated_tokens(setup):
+    tokenizer, model, _ = setup
+    batch, extra, workers = response_span_reward(setup)
     b = batch.batch
     prompt_lengths = b["attention_mask"][:, : b["prompts"].shape[1]].sum(-1)
     main = embed_sequences(model, b["input_ids"], b["attention_mask"], b["position_ids"], prompt_lengths)
@@ -182,6 +189,23 @@ def test_response_pooling_span_pools_only_the_generated_tokens(setup):
     torch.testing.assert_close(torch.tensor(extra["grace/clustering"]), expected["clustering"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="pooling_span"):
         manager_for(tokenizer, workers, pooling_span="prompt")
+
+
+def test_the_rewards_targets_stay_in_the_batch_for_the_rollout_contrastive_loss(setup):
+    model = setup[1]
+    batch, extra, _ = response_span_reward(setup)
+    b = batch.batch
+    _, ids = np.unique(batch.non_tensor_batch["uid"].astype(str), return_inverse=True)
+    groups = b["grace_group"]
+    assert all((groups == groups[row]).tolist() == (ids == ids[row]).tolist() for row in range(len(ids)))
+    assert torch.equal(b["grace_pool_skip"], b["attention_mask"][:, : b["prompts"].shape[1]].sum(-1))  # the prompt
+    # the stored query and negative embeddings are the ones the reward used: with the rollouts' own, they give it
+    main = embed_sequences(model, b["input_ids"], b["attention_mask"], b["position_ids"], b["grace_pool_skip"])
+    recomputed = contrastive_rewards(main, b["grace_query_embeddings"], b["grace_negative_embeddings"], groups,
+                                     mode="supervised", temperature=0.1)
+    for name in ("positive", "negative", "total"):
+        torch.testing.assert_close(recomputed[name].float(), torch.tensor(extra[f"grace/{name}"]), rtol=1e-4,
+                                   atol=1e-4, msg=name)
 
 
 def test_zero_rationale_temperature_asks_for_greedy_rationales(setup):

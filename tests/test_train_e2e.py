@@ -138,17 +138,20 @@ def test_supervised_training_checkpoint_and_resume(tiny_model_path, tmp_path):
 
 
 def test_unsupervised_training_with_a_kl_loss(tiny_model_path, tmp_path):
-    """Also verl's reference policy: a KL loss with a non-zero coefficient builds it and runs it every step."""
+    """Also verl's reference policy: a KL loss with a non-zero coefficient builds it and runs it every step; and the
+    auxiliary contrastive loss on the rollouts (its targets: the anchors, no negatives in unsupervised mode)."""
     data = write_tiny_dataset(tmp_path / "data", "unsupervised", train_rows=8)
     run_grace(compose_config(tiny_overrides(data, tiny_model_path, tmp_path, steps=2) + GRACE_OVERRIDES
                              + ["+data.train_mode=unsupervised", "trainer.test_freq=2",
-                                "actor_rollout_ref.actor.kl_loss_coef=0.01"]))
+                                "actor_rollout_ref.actor.kl_loss_coef=0.01",
+                                "+actor_rollout_ref.actor.grace_contrastive_coef=0.5"]))
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [1, 2]
     for step in metrics:
         assert components("unsupervised") <= set(step) and "grace/negative" not in step
         assert all(math.isfinite(step[name]) for name in components("unsupervised"))
         assert {"actor/kl_loss", "timing_s/ref"} <= set(step) and math.isfinite(step["actor/kl_loss"])
+        assert step["grace/contrastive_loss"] > 0 and math.isfinite(step["grace/contrastive_loss"])
     assert any(m["actor/grad_norm"] > 0 for m in metrics)
     assert "val-aux/unsupervised/grace/positive/mean@1" in metrics[-1]  # validation uses the same reward
     assert math.isfinite(metrics[-1]["val-core/unsupervised/reward/mean@1"])

@@ -17,18 +17,21 @@ remove-padding, fused-kernel and sequence-parallel paths are verl's, unchanged.
 
 On its own path the actor can also pool each forward's last-layer hidden states (`pooling_hidden_states`), so that
 the reward's embeddings of the rollouts come from the old-log-prob forward instead of a second forward over the same
-rows (`GraceActorRolloutRefWorker.compute_log_prob_and_embeddings`).
+rows (`GraceActorRolloutRefWorker.compute_log_prob_and_embeddings`); and, in the update, add the auxiliary
+contrastive loss of `grace.rollout_contrastive` on the rollouts' pooled hidden states (`contrastive_loss_on_rollouts`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 
 import torch
 from verl.workers.actor import DataParallelPPOActor
 
 from grace.embedding import last_hidden_state_captured
 from grace.pooling import pool_hidden_states
+from grace.rollout_contrastive import attach_loss, rollout_contrastive_loss
 
 TRIMMED_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -61,8 +64,22 @@ def logits_of_last_positions(module: torch.nn.Module, count: int):
         handle.remove()
 
 
+@dataclass
+class RolloutContrastive:
+    """The auxiliary loss's settings and targets for one update over a rank's rows (`grace.rollout_contrastive`)."""
+
+    coef: float
+    scale: float
+    pool_skip: torch.Tensor  # [N] leading valid tokens each rollout row leaves out of its embedding
+    targets: torch.Tensor  # [N] each row's right candidate
+    candidates: torch.Tensor  # [C, H] detached query and negative embeddings
+    losses: list[float] = field(default_factory=list)  # one per micro-batch forward
+    rows_seen: int = 0
+
+
 class ResponseLogitsActor(DataParallelPPOActor):
     _pooling: tuple[torch.Tensor, list] | None = None  # (pool_skip, pooled rows so far) in `pooling_hidden_states`
+    _contrastive: RolloutContrastive | None = None  # in `contrastive_loss_on_rollouts`
 
     def forwards_in_row_order(self, use_dynamic_bsz: bool) -> bool:
         """Whether its log-prob forwards take the rows in order, on its own path: verl's compute_log_prob splits a
@@ -82,24 +99,45 @@ class ResponseLogitsActor(DataParallelPPOActor):
             self._pooling = None
 
     @contextlib.contextmanager
-    def _pooled(self, micro_batch):
-        if self._pooling is None:
-            yield
-            return
-        pool_skip, pooled = self._pooling
-        done, mask = sum(len(rows) for rows in pooled), micro_batch["attention_mask"]
-        with last_hidden_state_captured(self.actor_module) as captured:
-            yield
-        skip = pool_skip[done : done + len(mask)].to(mask.device)
-        pooled.append(pool_hidden_states(captured["hidden"].detach(), mask, prefix_len=skip))
+    def contrastive_loss_on_rollouts(self, contrastive: RolloutContrastive):
+        """Within the block, each micro-batch forward with gradients (the update) attaches `contrastive.coef` x the
+        rollout contrastive loss of its rows to the backward pass, and records the loss in `contrastive.losses`.
+        Rows are counted in order, modulo the rank's rows (every PPO epoch passes them in the same order): only
+        for forwards in row order (`forwards_in_row_order`)."""
+        self._contrastive = contrastive
+        try:
+            yield contrastive
+        finally:
+            self._contrastive = None
+
+    def _with_contrastive_loss(self, log_prob, hidden, mask):
+        contrastive = self._contrastive
+        start = contrastive.rows_seen % len(contrastive.targets)
+        rows = slice(start, start + len(mask))
+        contrastive.rows_seen += len(mask)
+        embeddings = pool_hidden_states(hidden, mask, prefix_len=contrastive.pool_skip[rows].to(mask.device))
+        loss = rollout_contrastive_loss(embeddings, contrastive.candidates.to(embeddings.device),
+                                        contrastive.targets[rows].to(embeddings.device), contrastive.scale)
+        contrastive.losses.append(float(loss.detach()))
+        # verl divides its loss by the accumulation steps; the attached loss gets the same share
+        return attach_loss(log_prob, loss, contrastive.coef / self.gradient_accumulation)
 
     def _forward_micro_batch(self, micro_batch, temperature, calculate_entropy=False):
         if self.use_remove_padding or self.use_fused_kernels or self.use_ulysses_sp:
-            if self._pooling is not None:
+            if self._pooling is not None or self._contrastive is not None:
                 raise RuntimeError("hidden states are pooled only on GRACE's own forward path (no remove-padding, "
                                    "fused kernels or Ulysses)")
             return super()._forward_micro_batch(micro_batch, temperature, calculate_entropy)
         micro_batch = without_shared_left_padding(micro_batch)
+        mask = micro_batch["attention_mask"]
         with logits_of_last_positions(self.actor_module, micro_batch["responses"].size(-1) + 1), \
-                self._pooled(micro_batch):
-            return super()._forward_micro_batch(micro_batch, temperature, calculate_entropy)
+                last_hidden_state_captured(self.actor_module) as captured:
+            entropy, log_prob = super()._forward_micro_batch(micro_batch, temperature, calculate_entropy)
+        if self._pooling is not None:
+            pool_skip, pooled = self._pooling
+            done = sum(len(rows) for rows in pooled)
+            skip = pool_skip[done : done + len(mask)].to(mask.device)
+            pooled.append(pool_hidden_states(captured["hidden"].detach(), mask, prefix_len=skip))
+        if self._contrastive is not None and torch.is_grad_enabled():
+            log_prob = self._with_contrastive_loss(log_prob, captured["hidden"], mask)
+        return entropy, log_prob

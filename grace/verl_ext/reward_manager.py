@@ -14,6 +14,8 @@ with the reference's names and defaults (temperature 0.7 when omitted; train.sh 
    whose log-probs and entropies the manager leaves in the batch for the worker's `compute_log_prob` to return:
    one forward over the rollouts a step instead of two;
 4. `grace.reward.contrastive_rewards`, then the length penalty, placed on the last valid response token.
+5. each rollout row's group, pooling skip and group's query (or anchor) and negative embeddings stay in the batch
+   for the update's optional auxiliary contrastive loss (`actor.grace_contrastive_coef`, `grace.rollout_contrastive`).
 
 Besides the reward components, each row carries what GRPO learns from: the standard deviation of the final
 reward in its group (`grace/group_reward_std`) and whether all of its group's rewards are equal
@@ -36,7 +38,13 @@ from verl.workers.reward_manager import register
 from grace.pooling import POOLING_SPANS, pooling_skip, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, token_id_list
 from grace.reward import apply_length_penalty, contrastive_rewards
-from grace.verl_ext.worker import BATCH_METRICS_KEY, REWARD_METRIC_PREFIX, STORED_ENTROPIES, STORED_OLD_LOG_PROBS
+from grace.verl_ext.worker import (
+    BATCH_METRICS_KEY,
+    CONTRASTIVE_KEYS,
+    REWARD_METRIC_PREFIX,
+    STORED_ENTROPIES,
+    STORED_OLD_LOG_PROBS,
+)
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -244,6 +252,12 @@ class HiddenRewardManager:
         main = embeddings[:size]
         query = embeddings[size : size + groups][group_of_row]
         negative = embeddings[size + groups :][group_of_row] if supervised else None
+        # the targets of the update's optional auxiliary contrastive loss (grace.rollout_contrastive)
+        rollout_skip = pooling_skip(_prompt_lengths(batch), self.pooling_span, self.prefix_len)
+        targets = (group_of_row, rollout_skip, query, negative)
+        for key, value in zip(CONTRASTIVE_KEYS, targets):
+            if value is not None:
+                batch[key] = value
 
         parts = contrastive_rewards(main, query, negative, group_of_row, mode=mode, **self.reward_settings)
         total = parts["total"]

@@ -15,7 +15,10 @@
   continuous-batching generator on one rank (`grace.verl_ext.rollout`); the vLLM rollout is verl's own.
 - the optimizer: verl's AdamW, with the fused step on a CPU (`fused_steps_on_cpu`).
 - `update_actor`: verl's update, plus the whole batch's means of the reward components (`grace/*`, which the
-  `hidden` reward manager put in the batch's meta_info) in the step metrics, which verl 0.4.1 otherwise never logs.
+  `hidden` reward manager put in the batch's meta_info) in the step metrics, which verl 0.4.1 otherwise never logs;
+  with `actor.grace_contrastive_coef` above 0, the auxiliary contrastive loss on the rollouts' pooled hidden states
+  (`grace.rollout_contrastive`) joins the update's backward pass, its targets from the reward's embeddings that the
+  manager left in the batch (`CONTRASTIVE_KEYS`), and its mean is logged as `grace/contrastive_loss`.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ from verl.workers.rollout import HFRollout
 from verl.workers.sharding_manager.base import BaseShardingManager
 
 from grace.embedding import embed_sequences
+from grace.rollout_contrastive import group_candidates
 from grace.verl_ext.rollout import grace_rollout
 
 REWARD_METRIC_PREFIX = "grace/"
 BATCH_METRICS_KEY = "grace_batch_metrics"  # meta_info: the reward manager's means over the whole batch
 # batch keys: the old log-probs and entropies that the training reward's forward computed for these rows
 STORED_OLD_LOG_PROBS, STORED_ENTROPIES = "grace_old_log_probs", "grace_entropys"
+# batch keys: each rollout row's group, pool_skip and its group's query and hard-negative embeddings (the auxiliary
+# contrastive loss's targets; no negative key in unsupervised mode)
+CONTRASTIVE_KEYS = ("grace_group", "grace_pool_skip", "grace_query_embeddings", "grace_negative_embeddings")
 
 
 def token_budget_micro_batches(lengths: list[int], max_token_len: int, count: int = 0) -> list[list[int]]:
@@ -203,9 +210,38 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
                                             "entropys": data.batch[STORED_ENTROPIES]},
                                    meta_info={"temperature": self.config.rollout.temperature})
 
+    def _rollout_contrastive(self, data: DataProto):
+        """The auxiliary loss's settings and targets for this rank's rows, or None when it is off."""
+        from grace.verl_ext.actor import RolloutContrastive
+
+        coef = float(self.config.actor.get("grace_contrastive_coef", 0.0))
+        if coef == 0:
+            return None
+        if coef < 0:
+            raise ValueError(f"actor.grace_contrastive_coef must be >= 0, got {coef}")
+        if not self.actor.forwards_in_row_order(self.config.actor.use_dynamic_bsz):
+            raise NotImplementedError("the rollout contrastive loss needs the update's forwards in row order: no "
+                                      "remove-padding, fused kernels, Ulysses or dynamic batch sizes")
+        missing = [key for key in CONTRASTIVE_KEYS[:3] if key not in data.batch.keys()]
+        if missing:
+            raise KeyError(f"actor.grace_contrastive_coef={coef} needs the hidden reward manager's {missing} in the "
+                           "batch (reward_model.reward_manager=hidden)")
+        negatives = data.batch["grace_negative_embeddings"] if CONTRASTIVE_KEYS[3] in data.batch.keys() else None
+        candidates, targets = group_candidates(data.batch["grace_group"], data.batch["grace_query_embeddings"],
+                                               negatives)
+        return RolloutContrastive(coef=coef, scale=float(self.config.actor.get("grace_contrastive_scale", 20.0)),
+                                  pool_skip=data.batch["grace_pool_skip"], targets=targets, candidates=candidates)
+
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
-        output = super().update_actor(data)
+        contrastive = self._rollout_contrastive(data)
+        if contrastive is None:
+            output = super().update_actor(data)
+        else:
+            with self.actor.contrastive_loss_on_rollouts(contrastive):
+                output = super().update_actor(data)
+            output.meta_info["metrics"][f"{REWARD_METRIC_PREFIX}contrastive_loss"] = \
+                sum(contrastive.losses) / len(contrastive.losses)
         # The whole batch's means, computed by the reward manager in the driver: every rank's chunk carries them, so
         # whichever rank's metrics verl keeps, they describe all rows.
         output.meta_info["metrics"].update(data.meta_info.get(BATCH_METRICS_KEY, {}))
