@@ -243,6 +243,8 @@ def train_overrides(settings: TrainingSettings, max_prompt: int, data: Path, mod
         f"+trainer.cpu_dtype={s.cpu_dtype}",
         f"+trainer.metrics_file={out}/metrics.jsonl", "trainer.project_name=GRACE", "trainer.experiment_name=demo",
         "ray_init.num_cpus=2" if on_device == "cpu" else "ray_init.num_cpus=null",
+        # verl waits 300 s for its workers to register; on 2 busy cores (a study beside tests) starting them took longer
+        *(["trainer.ray_wait_register_center_timeout=1800"] if on_device == "cpu" else []),
     ]
 
 

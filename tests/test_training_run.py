@@ -35,7 +35,7 @@ def test_overrides_carry_every_setting():
     settings = TrainingSettings(steps=9, prompts=6, rollouts=3, lr=3e-5, temperature=0.7, variant="infonce",
                                 pooling_span="response", val_every=0, save_every=3, save_minutes=2.5,
                                 norm_adv_by_std=False, seed=4, entropy_coeff=0.001, kl_coef=0.01,
-                                share_log_prob_forward=False)
+                                share_log_prob_forward=False, contrastive_coef=0.5)
     overrides = train_overrides(settings, 256, "DATA", "MODEL", "OUT", "cpu")
     for expected in ("trainer.total_training_steps=9", "data.train_batch_size=6", "actor_rollout_ref.rollout.n=3",
                      "actor_rollout_ref.actor.optim.lr=3e-05", "actor_rollout_ref.rollout.temperature=0.7",
@@ -46,12 +46,15 @@ def test_overrides_carry_every_setting():
                      "actor_rollout_ref.actor.ppo_mini_batch_size=3", "ray_init.num_cpus=2",
                      "actor_rollout_ref.actor.entropy_coeff=0.001", "actor_rollout_ref.actor.use_kl_loss=True",
                      "actor_rollout_ref.actor.kl_loss_coef=0.01", "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
-                     "+reward_model.reward_kwargs.share_log_prob_forward=False"):
+                     "+reward_model.reward_kwargs.share_log_prob_forward=False",
+                     "+actor_rollout_ref.actor.grace_contrastive_coef=0.5",
+                     "trainer.ray_wait_register_center_timeout=1800"):
         assert expected in overrides, expected
     # the defaults add neither loss, so no reference model is built
     defaults = train_overrides(TrainingSettings(), 256, "DATA", "MODEL", "OUT", "cpu")
     assert {"actor_rollout_ref.actor.use_kl_loss=False", "actor_rollout_ref.actor.entropy_coeff=0.0",
-            "+reward_model.reward_kwargs.share_log_prob_forward=True"} <= set(defaults)
+            "+reward_model.reward_kwargs.share_log_prob_forward=True",
+            "+actor_rollout_ref.actor.grace_contrastive_coef=0.0"} <= set(defaults)
 
 
 def test_a_study_arm_checkpoints_by_time_unless_it_sets_a_step_interval():
