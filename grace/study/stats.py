@@ -116,7 +116,7 @@ def _replicates(arms: list[dict], statistics: dict, resamples: int, seed: int, d
     return replicates
 
 
-def _score_resamples(statistic: Callable, units: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
+def _score_resamples(statistic: Statistic, units: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
     """statistic(units[i]) for every resample i; in one call when the resamples have one length."""
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a constant resample has no correlation: its nan is left out later

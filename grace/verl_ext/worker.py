@@ -45,7 +45,8 @@ BATCH_METRICS_KEY = "grace_batch_metrics"  # meta_info: the reward manager's mea
 STORED_OLD_LOG_PROBS, STORED_ENTROPIES = "grace_old_log_probs", "grace_entropys"
 # batch keys: each rollout row's group, pool_skip and its group's query and hard-negative embeddings (the auxiliary
 # contrastive loss's targets; no negative key in unsupervised mode)
-CONTRASTIVE_KEYS = ("grace_group", "grace_pool_skip", "grace_query_embeddings", "grace_negative_embeddings")
+CONTRASTIVE_KEYS = GROUP_KEY, POOL_SKIP_KEY, QUERY_KEY, NEGATIVE_KEY = (
+    "grace_group", "grace_pool_skip", "grace_query_embeddings", "grace_negative_embeddings")
 
 
 def token_budget_micro_batches(lengths: list[int], max_token_len: int, count: int = 0) -> list[list[int]]:
@@ -222,15 +223,14 @@ class GraceActorRolloutRefWorker(ActorRolloutRefWorker):
         if not self.actor.forwards_in_row_order(self.config.actor.use_dynamic_bsz):
             raise NotImplementedError("the rollout contrastive loss needs the update's forwards in row order: no "
                                       "remove-padding, fused kernels, Ulysses or dynamic batch sizes")
-        missing = [key for key in CONTRASTIVE_KEYS[:3] if key not in data.batch.keys()]
+        missing = [key for key in (GROUP_KEY, POOL_SKIP_KEY, QUERY_KEY) if key not in data.batch.keys()]
         if missing:
             raise KeyError(f"actor.grace_contrastive_coef={coef} needs the hidden reward manager's {missing} in the "
                            "batch (reward_model.reward_manager=hidden)")
-        negatives = data.batch["grace_negative_embeddings"] if CONTRASTIVE_KEYS[3] in data.batch.keys() else None
-        candidates, targets = group_candidates(data.batch["grace_group"], data.batch["grace_query_embeddings"],
-                                               negatives)
+        negatives = data.batch[NEGATIVE_KEY] if NEGATIVE_KEY in data.batch.keys() else None  # unsupervised: none
+        candidates, targets = group_candidates(data.batch[GROUP_KEY], data.batch[QUERY_KEY], negatives)
         return RolloutContrastive(coef=coef, scale=float(self.config.actor.get("grace_contrastive_scale", 20.0)),
-                                  pool_skip=data.batch["grace_pool_skip"], targets=targets, candidates=candidates)
+                                  pool_skip=data.batch[POOL_SKIP_KEY], targets=targets, candidates=candidates)
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def update_actor(self, data: DataProto) -> DataProto:
