@@ -424,6 +424,22 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
             "distinct integers",
         "name: s\narms:\n  - {name: base_rationale, kind: base}\n  - {name: g, kind: grace, settings: {seed: 1}}\n":
             "as the arm's `seeds`",
+        # Evaluation levers: another trained arm's model, the arm's own rationale generation.
+        "name: s\n" + arms + "  - {name: e, kind: grace, model_from: nope}\n": r"'nope' is not an arm listed before it",
+        "name: s\narms:\n  - {name: e, kind: grace, model_from: g}\n  - {name: base_rationale, kind: base}\n"
+        "  - {name: g, kind: grace}\n": "'g' is not an arm listed before it",
+        "name: s\n" + arms + "  - {name: e, kind: base, model_from: base_rationale}\n": "does not train a model",
+        "name: s\n" + arms + "  - {name: e, kind: contrastive, model_from: g}\n": "give this arm the same kind",
+        "name: s\n" + arms + "  - {name: e, kind: grace, model_from: g, settings: {lr: 0.1}}\n": "remove its settings",
+        "name: s\n" + arms + "  - {name: e, kind: grace, model_from: g}\n"
+        "  - {name: f, kind: grace, model_from: e}\n":
+            "itself from 'g'",
+        "name: s\n" + arms + "  - {name: e, kind: grace, model_from: g, evaluation: {part: dev}}\n":
+            r"\['part'\] are the study's",
+        "name: s\n" + arms + "  - {name: e, kind: grace, model_from: g, evaluation: {rationale_samples: 2}}\n":
+            "arm 'e': evaluation: rationale_samples=2 averages sampled",
+        "name: s\n" + arms + "  - {name: e, kind: base, evaluation: {rationale_length: 0}}\n":
+            "rationale_length must be >= 1",
     }
     for text, message in mistakes.items():
         with pytest.raises(ValueError, match=message):
@@ -439,8 +455,15 @@ def test_study_config_loads_and_reports_mistakes(tmp_path):
     assert (sampling.do_sample, sampling.temperature, encoder_settings(sampled, sampled.arm("g")).rationale_samples
             ) == (True, 1.0, 4)
     seeded = load_config(write_config(tmp_path, "name: s\n" + arms
-                                      + "  - {name: c, kind: contrastive, seeds: [3, 5]}\n"))
+                                      + "  - {name: c, kind: contrastive, seeds: [3, 5]}\n"
+                                      + "  - {name: c_long, kind: contrastive, model_from: c, "
+                                        "evaluation: {rationale_length: 96, rationale_temperature: 0.7, "
+                                        "rationale_samples: 3}}\n"))
     assert seeded.arm("c").runs() == [("c@seed3", 3), ("c@seed5", 5)]
+    assert seeded.arm("c_long").runs() == [("c_long@seed3", 3), ("c_long@seed5", 5)]  # seed for seed
+    lever = encoder_settings(seeded, seeded.arm("c_long"))
+    assert (lever.generation.max_new_tokens, lever.generation.temperature, lever.rationale_samples) == (96, 0.7, 3)
+    assert seeded.arm_evaluation(seeded.arm("c")) == seeded.evaluation  # the other arms keep the study's
 
 
 def test_committed_study_configs_load():
@@ -615,3 +638,20 @@ def test_archived_arms_rebuild_the_same_results_and_lost_units_are_never_paired(
     (run / "arms/new/units.npz").unlink()
     with pytest.raises(FileNotFoundError, match="units.npz is missing"):
         collect_results(config, run)
+
+
+def test_tradeoff_plot_reads_averages_and_tasks_outside_them_against_perplexity(tmp_path):
+    from grace.study.report import plot_tradeoff, tradeoff_tasks
+
+    def arm(kind, perplexity, **scores):
+        tasks = {task: {"score": score, "score_ci": [score - 1, score + 1]} for task, score in scores.items()}
+        return {"kind": kind, "perplexity": perplexity, "tasks": tasks}
+
+    scores = {"STS12": 40.0, "DescriptionChoice": 50.0, "MTEB-offline": 45.0, "WikiDescriptionRetrieval": 60.0}
+    results = {"arms": {"base": arm("base", 17.0, **scores), "grace": arm("grace", 17.5, **scores),
+                        "minilm": {"kind": "sentence_transformer", "tasks": {"LeeSTS": {"score": 70.0}}}}}
+    # LeeSTS is scored only by an arm without a perplexity, the generative task is retention, STS12 is averaged.
+    assert tradeoff_tasks(results) == ["MTEB-offline", "WikiDescriptionRetrieval"]
+    assert plot_tradeoff(results, tmp_path / "tradeoff.png") and (tmp_path / "tradeoff.png").stat().st_size > 0
+    del results["arms"]["base"], results["arms"]["grace"]
+    assert not plot_tradeoff(results, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

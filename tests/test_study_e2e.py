@@ -5,6 +5,7 @@ a contrastive arm run with two seeds, MTEB-offline tasks from a (tiny) data fold
 import json
 import math
 
+import numpy as np
 import pytest
 import yaml
 
@@ -31,7 +32,10 @@ def write_config(path, model, grace_steps):
                  {"name": "grace", "kind": "grace", "pooling_span": "response",
                   "compare_to": ["base_rationale_response", "contrastive"],
                   "settings": {"steps": grace_steps, "val_every": 1, "save_every": 1, "response_length": 8,
-                               "lr": 1e-3, "entropy_coeff": 0.001, "kl_coef": 0.01}}]}))
+                               "lr": 1e-3, "entropy_coeff": 0.001, "kl_coef": 0.01}},
+                 # An evaluation lever: grace's trained model, its rationales sampled twice and averaged.
+                 {"name": "grace_sampled", "kind": "grace", "pooling_span": "response", "model_from": "grace",
+                  "evaluation": {"rationale_temperature": 1.0, "rationale_samples": 2, "rationale_length": 3}}]}))
     return path
 
 
@@ -41,7 +45,7 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert study_main([str(config), "--out", str(out)]) == 0
     results = json.loads((out / "tiny/results.json").read_text())
     assert list(results["arms"]) == ["base_prompt_only", "base_rationale", "base_rationale_response", "minilm",
-                                     "contrastive", "grace"]
+                                     "contrastive", "grace", "grace_sampled"]
     assert results["not_run"] == []
     for name, arm in results["arms"].items():
         assert arm["wall_seconds"] > 0 and (name == "minilm") == ("perplexity" not in arm)
@@ -74,7 +78,7 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert "kl_to_base" not in results["arms"]["base_rationale"]
     # Rationale diversity on every held-out text, for the arms that write a rationale only.
     with_diversity = {name for name, arm in results["arms"].items() if "rationale_diversity" in arm}
-    assert with_diversity == {"base_rationale", "base_rationale_response", "grace"}
+    assert with_diversity == {"base_rationale", "base_rationale_response", "grace", "grace_sampled"}
     # Every text the evaluation embeds: each retrieval query, its document and the 6 Lee documents.
     # ... and the MTEB-offline texts: 6 STS12 pairs, Banking77's 12 training texts and 3 test texts
     assert grace["rationale_diversity"]["texts"] == grace["tasks"]["WikiDescriptionRetrieval"]["n"] * 2 + 6 + 27
@@ -86,14 +90,23 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert len(steps) == 2 and all("timing_s/ref" in step and math.isfinite(step["actor/kl_loss"]) for step in steps)
     assert all(step["actor/kl_coef"] == 0.01 for step in steps)
     assert grace["settings"]["compute_dtype"].split()[0] in ("float32", "bfloat16")
+    # The evaluation lever trained nothing: grace's model and training, its own (sampled, shorter) rationales, so its
+    # STS12 cosines are not grace's while the gold scores are the same pairs'.
+    lever = results["arms"]["grace_sampled"]
+    assert lever["model_from"] == "grace" and lever["settings"] == grace["settings"]
+    assert lever["train_seconds"] == grace["train_seconds"] and lever["evaluation"]["rationale_samples"] == 2
+    assert not (out / "tiny/arms/grace_sampled/checkpoints").exists() and lever["kl_to_base"] > 0
+    sts = [np.load(out / f"tiny/arms/{name}/units.npz")["STS12"] for name in ("grace", "grace_sampled")]
+    assert np.array_equal(sts[0][:, 1], sts[1][:, 1]) and not np.allclose(sts[0][:, 0], sts[1][:, 0])
     report = (out / "tiny/report.md").read_text()
     assert "- grace vs base_rationale_response on LeeSTS:" in report
     for section in ("distinct / looping rationales %", "| grace |", "validation_reward.png", "## In words"):
         assert section in report, section
-    assert (out / "tiny/scores.png").exists() and (out / "tiny/validation_reward.png").exists()
+    for plot in ("scores.png", "validation_reward.png", "tradeoff.png"):
+        assert (out / "tiny" / plot).exists(), plot
 
     # Re-run: finished arms are skipped. An interrupted GRACE arm (no result, no merged model) resumes training
-    # from its latest checkpoint instead of starting again.
+    # from its latest checkpoint instead of starting again; the lever on its model, finished, runs again after it.
     grace_dir = out / "tiny/arms/grace"
     (grace_dir / "result.json").unlink()
     for path in sorted((grace_dir / "trained_model").iterdir()):
@@ -102,11 +115,13 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     write_config(config, tiny_model_path, grace_steps=3)
     capsys.readouterr()
     assert study_main([str(config), "--out", str(out)]) == 0
-    assert "6 arms, 1 to run: grace" in capsys.readouterr().out
+    assert "7 arms, 2 to run: grace, grace_sampled" in capsys.readouterr().out
     assert "global_step_2" in (grace_dir / "logs/train.log").read_text().split("Load from checkpoint folder")[-1]
-    resumed = json.loads((out / "tiny/results.json").read_text())["arms"]["grace"]
+    rerun = json.loads((out / "tiny/results.json").read_text())["arms"]
+    resumed = rerun["grace"]
     assert resumed["validation_reward"]["at_steps"] == [0, 1, 2, 3]
     assert len(resumed["training"]["grace/total"]) == 3
+    assert rerun["grace_sampled"]["train_seconds"] == resumed["train_seconds"] != grace["train_seconds"]
 
     # The archive: naming it archives the arms finished so far; a new machine with only the archive (no run folder)
     # runs nothing and rebuilds the same results.
@@ -115,6 +130,6 @@ def test_study_runs_every_arm_kind_skips_finished_arms_and_resumes(tiny_model_pa
     assert sorted(p.name for p in (archive / "grace").iterdir()) == ["metrics.jsonl", "result.json", "units.npz"]
     capsys.readouterr()
     assert study_main([str(config), "--out", str(tmp_path / "new_machine"), "--archive", str(archive)]) == 0
-    assert "6 arms, 0 to run" in capsys.readouterr().out
+    assert "7 arms, 0 to run" in capsys.readouterr().out
     assert (json.loads((tmp_path / "new_machine/tiny/results.json").read_text())
             == json.loads((out / "tiny/results.json").read_text()))

@@ -17,10 +17,18 @@ Arm kinds: `base` (the model as it is), `contrastive` (`grace.study.contrastive`
 batch_size), `grace` (verl GRPO with the `hidden` reward, `grace.training_run`; settings: the fields of its
 `TrainingSettings`, such as steps, lr, prompts, rollouts, response_length, variant, val_every) and
 `sentence_transformer` (another embedding model as an anchor, `rationale: false`; setting: model, a folder, default
-the packaged all-MiniLM-L6-v2). Data, evaluation and
-the pooling span are the study's, shared by all arms. A trained arm with `seeds` runs once per seed (its runs are
-`<arm>@seed<k>`); its scores are the mean over seeds, with intervals that resample seeds and items. `primary` names
-the comparison the study is for, before it runs. An unknown key anywhere is an error that names it.
+the packaged all-MiniLM-L6-v2). Data and evaluated items are the study's, shared by all arms. A trained arm with
+`seeds` runs once per seed (its runs are `<arm>@seed<k>`); its scores are the mean over seeds, with intervals that
+resample seeds and items.
+
+Evaluation levers need no training: an arm with `model_from` embeds with the trained model of an earlier trained arm
+(same kind; its runs are that arm's runs, seed for seed), and an arm's `evaluation` sets how its rationales are
+generated (`rationale_length`, `rationale_temperature`, `rationale_samples`) over the study's:
+
+      - {name: grace_sampled4, kind: grace, pooling_span: response, model_from: grace_response,
+         evaluation: {rationale_temperature: 1.0, rationale_samples: 4}}
+
+`primary` names the comparison the study is for, before it runs. An unknown key anywhere is an error that names it.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ CONTRASTIVE_SETTINGS = {"examples", "epochs", "lr", "batch_size"}
 # A GRACE arm sets its training; the pooling span is the arm's own key (its evaluation pools the same way).
 # A run's training seed comes from the arm's `seeds`.
 GRACE_SETTINGS = {f.name for f in dataclasses.fields(TrainingSettings)} - {"pooling_span", "seed"}
+# The evaluation keys an arm may set for itself: how it generates rationales. What is scored stays the study's, so
+# that every pair of arms is scored on the same items.
+ARM_EVALUATION_KEYS = ("rationale_length", "rationale_temperature", "rationale_samples")
 
 
 @dataclass
@@ -52,6 +63,8 @@ class ArmConfig:
     settings: dict = field(default_factory=dict)
     compare_to: list[str] | str | None = None  # also compared with these arms (say, the base model in the same span)
     seeds: list[int] | None = None  # a trained arm run once per training seed; its score is their mean
+    model_from: str | None = None  # embed with this earlier trained arm's model(s) instead of training (its seeds)
+    evaluation: dict = field(default_factory=dict)  # ARM_EVALUATION_KEYS over the study's evaluation
 
     def runs(self) -> list[tuple[str, int | None]]:
         """(run name, training seed) of each of the arm's runs: the arm itself, or one run per seed."""
@@ -95,6 +108,10 @@ class StudyConfig:
     def arm(self, name: str) -> ArmConfig:
         return next(arm for arm in self.arms if arm.name == name)
 
+    def arm_evaluation(self, arm: ArmConfig) -> EvaluationConfig:
+        """The study's evaluation with the arm's own rationale generation."""
+        return dataclasses.replace(self.evaluation, **arm.evaluation)
+
 
 def _build(cls, values, where: str):
     if not isinstance(values, dict):
@@ -123,6 +140,12 @@ def validate_arm(arm: ArmConfig) -> None:
             raise ValueError(f"{where}: seeds must be distinct integers, got {arm.seeds}")
     if "seed" in arm.settings:
         raise ValueError(f"{where}: give training seeds as the arm's `seeds`, not as a setting")
+    unknown = sorted(set(arm.evaluation) - set(ARM_EVALUATION_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: evaluation keys {unknown} are the study's; an arm sets only {ARM_EVALUATION_KEYS}")
+    if arm.model_from is not None and (arm.settings or arm.seeds is not None):
+        raise ValueError(f"{where}: an arm with model_from takes its model, settings and seeds from "
+                         f"{arm.model_from!r}; remove its settings and seeds")
     allowed = {"base": set(), "contrastive": CONTRASTIVE_SETTINGS, "grace": GRACE_SETTINGS,
                "sentence_transformer": {"model"}}
     unknown = sorted(set(arm.settings) - allowed[arm.kind])
@@ -148,12 +171,10 @@ def load_config(path: Path) -> StudyConfig:
     evaluation = config.evaluation
     if evaluation.part not in ("test", "dev"):
         raise ValueError(f"{path}: evaluation.part must be 'test' or 'dev', got {evaluation.part!r}")
-    if evaluation.rationale_temperature < 0 or evaluation.rationale_samples < 1:
-        raise ValueError(f"{path}: evaluation.rationale_temperature must be >= 0 and rationale_samples >= 1, got "
-                         f"{evaluation.rationale_temperature} and {evaluation.rationale_samples}")
-    if evaluation.rationale_samples > 1 and evaluation.rationale_temperature == 0:
-        raise ValueError(f"{path}: evaluation.rationale_samples={evaluation.rationale_samples} averages sampled "
-                         "rationales: set rationale_temperature above 0 (greedy gives the same rationale each time)")
+    validate_generation(evaluation, f"{path}: evaluation")
+    for arm in config.arms:
+        if arm.evaluation:
+            validate_generation(config.arm_evaluation(arm), f"{path}: arm {arm.name!r}: evaluation")
     unknown_tasks = sorted(set(evaluation.mteb_items) - set(MTEB_OFFLINE_TASKS))
     if unknown_tasks:
         raise ValueError(f"{path}: evaluation.mteb_items: unknown task(s) {unknown_tasks}; known: "
@@ -164,4 +185,32 @@ def load_config(path: Path) -> StudyConfig:
         for reference in arm.references():
             if reference not in names or reference == arm.name:
                 raise ValueError(f"{path}: arm {arm.name!r}: compare_to {reference!r} is not another arm ({names})")
+    for index, arm in enumerate(config.arms):
+        if arm.model_from is not None:
+            arm.seeds = _trained_source(config.arms[:index], arm, str(path)).seeds
     return config
+
+
+def validate_generation(evaluation: EvaluationConfig, where: str) -> None:
+    if evaluation.rationale_length < 1:
+        raise ValueError(f"{where}: rationale_length must be >= 1, got {evaluation.rationale_length}")
+    if evaluation.rationale_temperature < 0 or evaluation.rationale_samples < 1:
+        raise ValueError(f"{where}: rationale_temperature must be >= 0 and rationale_samples >= 1, got "
+                         f"{evaluation.rationale_temperature} and {evaluation.rationale_samples}")
+    if evaluation.rationale_samples > 1 and evaluation.rationale_temperature == 0:
+        raise ValueError(f"{where}: rationale_samples={evaluation.rationale_samples} averages sampled rationales: set "
+                         "rationale_temperature above 0 (greedy gives the same rationale each time)")
+
+
+def _trained_source(earlier: list[ArmConfig], arm: ArmConfig, path: str) -> ArmConfig:
+    """The arm whose trained model `arm` evaluates: listed before it (so it has run first), trained, of its kind."""
+    where = f"{path}: arm {arm.name!r}: model_from {arm.model_from!r}"
+    source = next((other for other in earlier if other.name == arm.model_from), None)
+    if source is None:
+        raise ValueError(f"{where} is not an arm listed before it ({[other.name for other in earlier]})")
+    if source.kind not in TRAINED_KINDS or source.model_from is not None:
+        raise ValueError(f"{where} does not train a model (kind {source.kind!r}"
+                         + (f", itself from {source.model_from!r})" if source.model_from else ")"))
+    if arm.kind != source.kind:
+        raise ValueError(f"{where} is a {source.kind} arm: give this arm the same kind, not {arm.kind!r}")
+    return source

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from grace.study.config import TRAINED_KINDS, StudyConfig
 from grace.study.heldout import GENERATIVE_TASK, MTEB_AVERAGE
+from grace.study.mteb_offline import MTEB_OFFLINE_TASKS
 from grace.study.runner import BEST_BASE
 from grace.study.stats import trend_verdict
 
@@ -99,12 +100,66 @@ def plot_scores(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def tradeoff_tasks(results: dict) -> list[str]:
+    """The embedding scores read against forgetting: the MTEB-offline average and every task outside it (retrieval,
+    Lee), scored for at least one arm with a perplexity."""
+    arms = [arm for arm in results["arms"].values() if arm.get("perplexity") is not None]
+    tasks = list(dict.fromkeys(task for arm in arms for task in arm["tasks"]))
+    return [task for task in tasks if task not in MTEB_OFFLINE_TASKS and task != GENERATIVE_TASK]
+
+
+def plot_tradeoff(results: dict, path: Path) -> bool:
+    """Embedding quality against forgetting (the paper's Table 1 against its Table 5): per task, each arm with a
+    perplexity as a point at (perplexity, score) with its score interval; the base model's perplexity and +2% of it
+    (issue 31's retention bound) as vertical lines. False when no arm has both."""
+    tasks = tradeoff_tasks(results)
+    bases = [arm["perplexity"] for arm in results["arms"].values()
+             if arm["kind"] == "base" and arm.get("perplexity") is not None]
+    if not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"base": "tab:gray", "contrastive": "tab:orange", "grace": "tab:blue"}
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        for name, arm in results["arms"].items():
+            if arm.get("perplexity") is None or task not in arm["tasks"]:
+                continue
+            values = arm["tasks"][task]
+            low, high = values["score_ci"]
+            axis.errorbar(arm["perplexity"], values["score"], yerr=[[values["score"] - low], [high - values["score"]]],
+                          fmt="o", capsize=3, color=colours.get(arm["kind"], "tab:green"))
+            axis.annotate(name, (arm["perplexity"], values["score"]), fontsize=7, xytext=(4, 2),
+                          textcoords="offset points")
+        if bases:
+            axis.axvline(bases[0], color="tab:gray", linestyle=":", label=f"base perplexity {bases[0]:.2f}")
+            axis.axvline(bases[0] * 1.02, color="tab:red", linestyle="--", label="base +2%")
+            axis.legend(fontsize=8, loc="lower right")
+        axis.set_xlabel("held-out perplexity (lower: more of the generative model kept)")
+        axis.set_ylabel(f"{task} score x 100 (95% interval)")
+        axis.set_title(task, fontsize=10)
+        axis.grid(alpha=0.3)
+    figure.suptitle("Embedding quality against forgetting (grey: base, orange: contrastive, blue: GRACE)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 def _arm_details(name: str, arm: dict) -> list[str]:
     embedding = "rationale" if arm["rationale"] else "prompt only"
     lines = [f"### {name}", "", f"- kind: {arm['kind']}; embedding: {embedding}"
              f", pooling span {arm['pooling_span']}"]
+    if arm.get("model_from"):
+        lines.append(f"- no training of its own: the trained model of {arm['model_from']} (seed for seed), "
+                     "evaluated its own way")
     if arm.get("settings"):
         lines.append(f"- settings: `{json.dumps(arm['settings'], sort_keys=True)}`")
+    if arm.get("evaluation"):
+        lines.append(f"- rationale generation (over the study's): `{json.dumps(arm['evaluation'], sort_keys=True)}`")
     training = arm.get("training", {})
     if "loss_before" in training:
         lines.append(f"- contrastive loss on its training triples: {training['loss_before']:.4f} -> "
@@ -307,6 +362,8 @@ def write_report(config: StudyConfig, results: dict, study_dir: Path, config_pat
     if results["arms"]:
         plot_scores(results, study_dir / "scores.png")
         lines += ["", "## Scores", "", "![scores](scores.png)"]
+    if plot_tradeoff(results, study_dir / "tradeoff.png"):
+        lines += ["", "## Scores against perplexity", "", "![scores against perplexity](tradeoff.png)"]
     lines += ["", "## Arms", ""]
     for name, arm in results["arms"].items():
         lines += _arm_details(name, arm)

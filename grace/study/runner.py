@@ -11,7 +11,9 @@ Layout of OUT/<name>/ (OUT defaults to study_out):
     results.json, report.md, validation_reward.png, scores.png
 
 An arm with a result.json is skipped on a re-run; a GRACE arm whose training was interrupted resumes from its
-latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm retrains (minutes).
+latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm retrains (minutes). An
+arm with `model_from` trains nothing: it evaluates that arm's arms/<run>/trained_model/ (same seed) its own way, and
+runs again whenever that run trains again.
 With an archive folder (`grace.study.archive`), archived arms are restored before the run and each arm is archived
 as it finishes.
 """
@@ -98,16 +100,32 @@ def train_contrastive_arm(config: StudyConfig, arm, seed: int | None, model: Pat
                      "training": {k: summary[k] for k in ("loss_before", "loss_after", "optimizer_steps", "losses")}}
 
 
+def reuse_trained_model(arm, run_name: str, study_dir: Path) -> tuple[Path, dict]:
+    """An evaluation lever's model: the trained model of the same seed's run of `arm.model_from`, with that run's
+    settings and training time (the training this arm's scores rest on)."""
+    source_run = arm.model_from + run_name[len(arm.name):]  # the same "@seed<k>" suffix, or none
+    source_dir = study_dir / "arms" / source_run
+    trained = source_dir / "trained_model"
+    if not (trained / "config.json").exists() or not (source_dir / "result.json").exists():
+        raise FileNotFoundError(f"arm {arm.name!r} evaluates the trained model of run {source_run!r}, but "
+                                f"{source_dir} holds no finished run with a trained_model/: run {arm.model_from!r} on "
+                                "this machine first (an archive keeps its scores, not its model)")
+    source = json.loads((source_dir / "result.json").read_text())
+    return trained, {"model_from": arm.model_from, "settings": source["settings"],
+                     "train_seconds": source.get("train_seconds", 0.0)}
+
+
 def encoder_settings(config: StudyConfig, arm):
-    """How an arm embeds in the evaluation: its pooling span, and the study's rationale length, temperature (0:
-    greedy) and number of rationale samples."""
+    """How an arm embeds in the evaluation: its pooling span, and its rationale length, temperature (0: greedy) and
+    number of rationale samples (the study's unless the arm sets its own)."""
     from grace.encoder import EncoderSettings, GenerationSettings
 
-    temperature = config.evaluation.rationale_temperature
-    generation = GenerationSettings(max_new_tokens=config.evaluation.rationale_length, do_sample=temperature > 0,
+    evaluation = config.arm_evaluation(arm)
+    temperature = evaluation.rationale_temperature
+    generation = GenerationSettings(max_new_tokens=evaluation.rationale_length, do_sample=temperature > 0,
                                     temperature=temperature or 1.0)
     return EncoderSettings(pooling_span=arm.pooling_span, generation=generation,
-                           rationale_samples=config.evaluation.rationale_samples)
+                           rationale_samples=evaluation.rationale_samples)
 
 
 def evaluate_arm(config: StudyConfig, arm, model_path: Path, base_model: Path, evaluation: HeldOutEvaluation,
@@ -163,9 +181,12 @@ def run_arm(config: StudyConfig, arm, run: tuple[str, int | None], model: Path, 
     arm_dir = study_dir / "arms" / run_name
     arm_dir.mkdir(parents=True, exist_ok=True)
     record = {"kind": arm.kind, "rationale": arm.rationale, "pooling_span": arm.pooling_span, "settings": {},
-              "seed": seed}
+              "seed": seed, **({"evaluation": arm.evaluation} if arm.evaluation else {})}
     model_path = model
-    if arm.kind == "grace":
+    if arm.model_from is not None:
+        model_path, trained = reuse_trained_model(arm, run_name, study_dir)
+        record.update(trained)
+    elif arm.kind == "grace":
         model_path, trained = train_grace(config, arm, seed, model, data, arm_dir)
         record.update(trained)
     elif arm.kind == "contrastive":
@@ -338,8 +359,15 @@ def run_study(config: StudyConfig, config_text: str, study_dir: Path, only: list
         model = smollm2_hf_folder()
     else:
         model = Path(config.model).resolve()
-    pending = [(arm, run) for arm in config.arms if only is None or arm.name in only for run in arm.runs()
-               if not (study_dir / "arms" / run[0] / "result.json").exists()]
+    pending = []
+    for arm in config.arms:
+        for run in arm.runs():
+            # An evaluation lever whose source run trains again is stale: it runs again after it, named or not.
+            source_runs_again = arm.model_from is not None and any(
+                name == arm.model_from + run[0][len(arm.name):] for _, (name, _) in pending)
+            if source_runs_again or ((only is None or arm.name in only)
+                                     and not (study_dir / "arms" / run[0] / "result.json").exists()):
+                pending.append((arm, run))
     print(f"[study {config.name}] {len(config.arms)} arms, {len(pending)} to run: "
           f"{', '.join(name for _, (name, _) in pending) or 'none'}", flush=True)
     if pending:
