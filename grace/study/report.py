@@ -125,14 +125,15 @@ def plot_tradeoff(results: dict, path: Path) -> bool:
     colours = {"base": "tab:gray", "contrastive": "tab:orange", "grace": "tab:blue"}
     figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for name, arm in results["arms"].items():
+        for index, (name, arm) in enumerate(results["arms"].items()):
             if arm.get("perplexity") is None or task not in arm["tasks"]:
                 continue
             values = arm["tasks"][task]
             low, high = values["score_ci"]
             axis.errorbar(arm["perplexity"], values["score"], yerr=[[values["score"] - low], [high - values["score"]]],
                           fmt="o", capsize=3, color=colours.get(arm["kind"], "tab:green"))
-            axis.annotate(name, (arm["perplexity"], values["score"]), fontsize=7, xytext=(4, 2),
+            # Arms that forget alike sit on one vertical: alternate their labels above and below the point.
+            axis.annotate(name, (arm["perplexity"], values["score"]), fontsize=7, xytext=(4, 2 if index % 2 else -9),
                           textcoords="offset points")
         if bases:
             axis.axvline(bases[0], color="tab:gray", linestyle=":", label=f"base perplexity {bases[0]:.2f}")
