@@ -48,6 +48,9 @@ def tiny_overrides(data: Path, model: Path, out: Path, steps: int = 2) -> list[s
         "trainer.val_before_train=False", f"trainer.default_local_dir={out}/checkpoints",
         f"+trainer.metrics_file={out}/metrics.jsonl", f"trainer.rollout_data_dir={out}/rollouts",
         "ray_init.num_cpus=2",
+        # verl waits 300 s for the workers to register; on a busy 2-core machine starting them takes longer
+        # (the same allowance grace.training_run gives CPU runs)
+        "trainer.ray_wait_register_center_timeout=1800",
     ]
 
 
