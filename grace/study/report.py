@@ -123,18 +123,21 @@ def plot_tradeoff(results: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     colours = {"base": "tab:gray", "contrastive": "tab:orange", "grace": "tab:blue"}
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+    # Points are numbered and named in a key beside the panels: a dozen arm names written at their points overlap.
+    numbered = [name for name, arm in results["arms"].items() if arm.get("perplexity") is not None]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks) + 3, 5), squeeze=False)
     for axis, task in zip(axes[0], tasks):
-        for index, (name, arm) in enumerate(results["arms"].items()):
-            if arm.get("perplexity") is None or task not in arm["tasks"]:
+        for number, name in enumerate(numbered, 1):
+            arm = results["arms"][name]
+            if task not in arm["tasks"]:
                 continue
             values = arm["tasks"][task]
             low, high = values["score_ci"]
             axis.errorbar(arm["perplexity"], values["score"], yerr=[[values["score"] - low], [high - values["score"]]],
                           fmt="o", capsize=3, color=colours.get(arm["kind"], "tab:green"))
-            # Arms that forget alike sit on one vertical: alternate their labels above and below the point.
-            axis.annotate(name, (arm["perplexity"], values["score"]), fontsize=7, xytext=(4, 2 if index % 2 else -9),
-                          textcoords="offset points")
+            # Arms that forget alike sit on one vertical: alternate their numbers above and below the point.
+            axis.annotate(str(number), (arm["perplexity"], values["score"]), fontsize=8,
+                          xytext=(4, 2 if number % 2 else -10), textcoords="offset points")
         if bases:
             axis.axvline(bases[0], color="tab:gray", linestyle=":", label=f"base perplexity {bases[0]:.2f}")
             axis.axvline(bases[0] * 1.02, color="tab:red", linestyle="--", label="base +2%")
@@ -144,7 +147,10 @@ def plot_tradeoff(results: dict, path: Path) -> bool:
         axis.set_title(task, fontsize=10)
         axis.grid(alpha=0.3)
     figure.suptitle("Embedding quality against forgetting (grey: base, orange: contrastive, blue: GRACE)")
-    figure.tight_layout()
+    key_left = 1 - 3 / figure.get_figwidth()
+    figure.tight_layout(rect=(0, 0, key_left, 1))
+    figure.text(key_left + 0.01, 0.5, "\n".join(f"{number:>2}  {name}" for number, name in enumerate(numbered, 1)),
+                va="center", fontsize=8, family="monospace")
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
