@@ -17,10 +17,10 @@ from grace.encoder import EncoderSettings, GenerationSettings, GraceEncoder
 from grace.evaluation.local_tasks import local_tasks
 from grace.evaluation.mteb_model import GraceMTEBModel
 from grace.evaluation.rationale_cache import RationaleCache, encoder_namespace
-from grace.study import headroom
+from grace.study import contrastive, headroom
 from grace.study.archive import archive_arm, restore_arms
 from grace.study.config import load_config
-from grace.study.contrastive import build_model, read_triples, train_contrastive
+from grace.study.contrastive import build_model, read_triples, train_contrastive, train_or_reuse
 from grace.study.diversity import loops, rationale_diversity
 from grace.study.diversity import main as diversity_main
 from grace.study.drift import main as drift_main
@@ -349,6 +349,22 @@ def test_contrastive_baseline_trains_every_parameter_and_lowers_its_loss(tiny_mo
     np.testing.assert_allclose(encoder.encode(texts, rationale=False), st_model.encode(texts), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="9 training examples asked for"):
         read_triples(data / "train.parquet", examples=9)
+
+
+def test_a_finished_contrastive_run_is_kept_only_for_the_same_settings_and_triples(tiny_model_path, tmp_path,
+                                                                                   monkeypatch):
+    data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8, test_rows=1)
+    triples, out = read_triples(data / "train.parquet", examples=8, seed=0), tmp_path / "out"
+    summary = train_contrastive(tiny_model_path, triples, out, epochs=1, lr=1e-3, batch_size=4, seed=3)
+    retrained = []
+    monkeypatch.setattr(contrastive, "train_contrastive", lambda *args: retrained.append(args[3:]) or {})
+    assert train_or_reuse(tiny_model_path, triples, out, 1, 1e-3, 4, 3) == summary and retrained == []
+    train_or_reuse(tiny_model_path, triples, out, 1, 1e-3, 4, 4)  # another seed
+    train_or_reuse(tiny_model_path, triples, out, 2, 1e-3, 4, 3)  # more epochs
+    train_or_reuse(tiny_model_path, triples[::-1], out, 1, 1e-3, 4, 3)  # the same triples in another order
+    (out / contrastive.SUMMARY_FILE).unlink()  # an interrupted run: its model may be incomplete
+    train_or_reuse(tiny_model_path, triples, out, 1, 1e-3, 4, 3)
+    assert retrained == [(1, 1e-3, 4, 4), (2, 1e-3, 4, 3), (1, 1e-3, 4, 3), (1, 1e-3, 4, 3)]
 
 
 # ---------------------------------------------------------------------------------------------- headroom

@@ -19,6 +19,7 @@ never uses it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from grace.embedding import position_ids_from_mask
 from grace.encoder import left_pad
 from grace.pooling import pool_hidden_states, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids
+
+SUMMARY_FILE = "contrastive_summary.json"
 
 
 class GracePromptEmbedding(InputModule):
@@ -127,12 +130,37 @@ def train_contrastive(model_path: Path, triples, out: Path, epochs: int = 1, lr:
     seconds = time.perf_counter() - started
     loss_after = mnrl_loss(model, triples, batch_size)
     model[0].save(str(out))  # save_pretrained writes the generation config too
-    summary = {"examples": len(triples), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+    summary = {**run_settings(triples, epochs, lr, batch_size, seed),
                "optimizer_steps": trainer.state.global_step, "train_seconds": seconds,
                "loss_before": loss_before, "loss_after": loss_after,
                "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]}
-    (out / "contrastive_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: a summary means a complete model
     return summary
+
+
+def run_settings(triples, epochs: int, lr: float, batch_size: int, seed: int) -> dict:
+    """What decides a run's trained model: its settings and a digest of its triples."""
+    digest = hashlib.sha256(json.dumps(triples).encode()).hexdigest()
+    return {"examples": len(triples), "triples_sha256": digest, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+            "seed": seed}
+
+
+def train_or_reuse(model_path: Path, triples, out: Path, epochs: int, lr: float, batch_size: int, seed: int
+                   ) -> dict:
+    """The summary of a finished run in `out` with the same settings and triples, else `train_contrastive`'s.
+
+    A study whose evaluation was interrupted then evaluates the model it trained instead of training it again
+    (an hour for 4 epochs on 2 cores); a run with other settings, or one without a summary, is trained again.
+    """
+    summary_file = out / SUMMARY_FILE
+    if summary_file.exists():
+        finished, asked = json.loads(summary_file.read_text()), run_settings(triples, epochs, lr, batch_size, seed)
+        if {key: finished.get(key) for key in asked} == asked:
+            print(f"{out}: a finished contrastive run with these settings and triples; its model is evaluated, "
+                  f"not trained again", flush=True)
+            return finished
+        print(f"{out}: holds a contrastive run with other settings or triples; training again", flush=True)
+    return train_contrastive(model_path, triples, out, epochs, lr, batch_size, seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ Layout of OUT/<name>/ (OUT defaults to study_out):
     results.json, report.md, validation_reward.png, scores.png
 
 An arm with a result.json is skipped on a re-run; a GRACE arm whose training was interrupted resumes from its
-latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm retrains (minutes). An
+latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm keeps a finished training
+of the same settings and triples (`grace.study.contrastive.train_or_reuse`) and otherwise trains again. An
 arm with `model_from` trains nothing: it evaluates that arm's arms/<run>/trained_model/ (same seed) its own way, and
 runs again whenever that run trains again.
 With an archive folder (`grace.study.archive`), archived arms are restored before the run and each arm is archived
@@ -88,14 +89,13 @@ def train_grace(config: StudyConfig, arm, seed: int | None, model: Path, data: P
 
 def train_contrastive_arm(config: StudyConfig, arm, seed: int | None, model: Path, data: Path, arm_dir: Path
                           ) -> tuple[Path, dict]:
-    from grace.study.contrastive import read_triples, train_contrastive
+    from grace.study.contrastive import read_triples, train_or_reuse
 
     settings = {"examples": 64, "epochs": 1, "lr": 2e-5, "batch_size": 8, **arm.settings}
     seed = config.seed if seed is None else seed
     trained = arm_dir / "trained_model"
     triples = read_triples(data / "train.parquet", settings["examples"], config.seed)  # the same triples every seed
-    summary = train_contrastive(model, triples, trained, settings["epochs"], settings["lr"], settings["batch_size"],
-                                seed)
+    summary = train_or_reuse(model, triples, trained, settings["epochs"], settings["lr"], settings["batch_size"], seed)
     return trained, {"settings": settings, "train_seconds": summary["train_seconds"],
                      "training": {k: summary[k] for k in ("loss_before", "loss_after", "optimizer_steps", "losses")}}
 
