@@ -565,6 +565,44 @@ def test_seeded_arms_score_the_mean_of_their_runs_and_mteb_offline_is_the_mean_o
         f"| {average['score']:.1f} [{average['score_ci'][0]:.1f}, {average['score_ci'][1]:.1f}] |")
 
 
+def test_a_task_added_after_some_runs_is_paired_and_averaged_only_where_every_run_has_it(tmp_path):
+    from grace.study.report import _arm_details, results_table
+
+    config = load_config(write_config(tmp_path, (
+        "name: s\nevaluation: {bootstrap_resamples: 200, mteb_folder: unused, mteb_items: {STS12: 30}}\narms:\n"
+        "  - {name: base_rationale, kind: base}\n  - {name: grace, kind: grace, seeds: [0, 1]}\n"
+        "  - {name: c, kind: contrastive}\n")))
+    rng = np.random.default_rng(1)
+    gold = rng.random(30)
+
+    def units(*tasks):
+        every = {"STS12": np.stack([gold + rng.normal(size=30), gold], axis=1),
+                 "WikiDescriptionRetrieval": (rng.random(25) < 0.5).astype(float)}
+        return {task: every[task] for task in tasks}
+
+    arms = tmp_path / "run/arms"
+    write_run(arms, "base_rationale", units("STS12"))  # evaluated before retrieval was added
+    write_run(arms, "grace@seed0", units("STS12"), kind="grace", seed=0)
+    write_run(arms, "grace@seed1", units("STS12", "WikiDescriptionRetrieval"), kind="grace", seed=1)
+    write_run(arms, "c", units("STS12", "WikiDescriptionRetrieval"), kind="contrastive")
+    results = collect_results(config, tmp_path / "run")
+    grace, contrastive_arm = results["arms"]["grace"], results["arms"]["c"]
+    assert list(grace["tasks"]) == ["STS12", "MTEB-offline"]
+    assert grace["tasks_not_in_every_run"] == ["WikiDescriptionRetrieval"]
+    assert "WikiDescriptionRetrieval" in grace["runs"]["grace@seed1"]["tasks"]
+    assert any("left out of its means" in line and line.endswith("WikiDescriptionRetrieval")
+               for line in _arm_details("grace", grace))
+    assert "vs_base_rationale" in contrastive_arm["tasks"]["STS12"]
+    assert "vs_base_rationale" not in contrastive_arm["tasks"]["WikiDescriptionRetrieval"]
+    table = results_table(results)
+    header, cells = table[0].split(" | "), next(line for line in table if line.startswith("| c |")).split(" | ")
+    retrieval_delta, sts_delta = (header.index(f"{task} ") + 1 for task in ("WikiDescriptionRetrieval", "STS12"))
+    assert header[retrieval_delta] == header[sts_delta] == "Δ vs base_rationale"
+    assert cells[retrieval_delta] == "-"  # the reference was not scored on it
+    assert cells[sts_delta][0] in "+-" and "[" in cells[sts_delta]
+    assert sum("(reference)" in line for line in results_table(results)) == 1
+
+
 def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_span_one(tmp_path):
     """Made-up per-query hits where the base model pooled as GRACE pools (the rationale alone) is the weakest base
     and the base model without a rationale the strongest: GRACE beats the first and not the second."""

@@ -205,6 +205,9 @@ def _arm_details(name: str, arm: dict) -> list[str]:
         lines.append(f"- {run} (training seed {scores['seed']}): {tasks}; perplexity {scores['perplexity']:.2f}")
     if "units_lost" in arm:
         lines.append(f"- per-item scores lost: {arm['units_lost']}")
+    if "tasks_not_in_every_run" in arm:
+        lines.append(f"- scored on some of its runs only, so left out of its means (each run's own score above): "
+                     f"{', '.join(arm['tasks_not_in_every_run'])}")
     return lines + [""]
 
 
@@ -227,7 +230,7 @@ def results_table(results: dict) -> list[str]:
                 cells += ["-", "-"]
                 continue
             cells.append(f"{values['score']:.1f} [{values['score_ci'][0]:.1f}, {values['score_ci'][1]:.1f}]")
-            cells.append(_interval(values[key]) if key in values else "(reference)")
+            cells.append(_interval(values[key]) if key in values else "(reference)" if name == compare else "-")
         validation = arm.get("validation_reward")
         cells.append(f"{arm['perplexity']:.2f}" if "perplexity" in arm else "-")
         cells.append(f"{arm['kl_to_base']:.4f}" if "kl_to_base" in arm else "-")

@@ -232,11 +232,17 @@ def load_arm(study_dir: Path, name: str) -> tuple[dict, dict[str, np.ndarray] | 
 def combine_runs(runs: dict[str, tuple[dict, dict]]) -> tuple[dict, dict]:
     """An arm's record and units from its runs (run name -> (record, units)): one run as it is; several (training
     seeds): units per task as a list over runs, every score and number the mean over runs, and each run's own
-    scores under `runs`."""
+    scores under `runs`. A task that not every run was scored on (one added to the evaluation after some runs) is
+    left out of the mean and named under `tasks_not_in_every_run`; each run's own score of it stays under `runs`."""
     if len(runs) == 1:
         return next(iter(runs.values()))
     records = [record for record, _ in runs.values()]
     record = copy.deepcopy(records[0])
+    every_run = [task for task in record["tasks"] if all(task in r["tasks"] for r in records)]
+    partial = sorted({task for r in records for task in r["tasks"]} - set(every_run))
+    record["tasks"] = {task: record["tasks"][task] for task in every_run}
+    if partial:
+        record["tasks_not_in_every_run"] = partial
     record["runs"] = {name: {"seed": r["seed"], "perplexity": r["perplexity"],
                              "tasks": {task: values["score"] for task, values in r["tasks"].items()}}
                       for name, (r, _) in runs.items()}
@@ -248,7 +254,7 @@ def combine_runs(runs: dict[str, tuple[dict, dict]]) -> tuple[dict, dict]:
             if isinstance(value, float):
                 values[key] = float(np.mean([r["tasks"][task][key] for r in records]))
     units = {key: [u[key] for _, u in runs.values()] if ":" not in key else value
-             for key, value in next(iter(runs.values()))[1].items()}
+             for key, value in next(iter(runs.values()))[1].items() if key.split(":")[0] in every_run}
     return record, units
 
 
@@ -317,7 +323,8 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
             values = record["tasks"][task]
             values["score_ci"] = scorer.interval(task, record, units)
             for reference in references:
-                values[f"vs_{reference}"] = scorer.paired(task, record, units, loaded[reference][1])
+                if all(t in loaded[reference][1] for t in scorer.statistics(task, record)):  # scored on this task
+                    values[f"vs_{reference}"] = scorer.paired(task, record, units, loaded[reference][1])
         arms[arm.name] = record
     bases = [arm.name for arm in config.arms if arm.kind == "base" and arm.name in arms]
     for arm in config.arms:
