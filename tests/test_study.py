@@ -505,7 +505,7 @@ def write_run(arms_dir, name, units: dict, **record):
     from grace.study.heldout import STATISTICS
 
     metrics = {"WikiDescriptionRetrieval": "accuracy@1", "STS12": "cosine_spearman",
-               "Banking77Classification": "accuracy"}
+               "Banking77Classification": "accuracy", "DescriptionChoice": "accuracy"}
     arm_dir = arms_dir / name
     arm_dir.mkdir(parents=True)
     np.savez(arm_dir / "units.npz", **{task: np.asarray(u, dtype=float) for task, u in units.items()})
@@ -566,7 +566,7 @@ def test_seeded_arms_score_the_mean_of_their_runs_and_mteb_offline_is_the_mean_o
 
 
 def test_a_task_added_after_some_runs_is_paired_and_averaged_only_where_every_run_has_it(tmp_path):
-    from grace.study.report import _arm_details, results_table
+    from grace.study.report import _arm_details, results_table, verdict
 
     config = load_config(write_config(tmp_path, (
         "name: s\nevaluation: {bootstrap_resamples: 200, mteb_folder: unused, mteb_items: {STS12: 30}}\narms:\n"
@@ -581,10 +581,12 @@ def test_a_task_added_after_some_runs_is_paired_and_averaged_only_where_every_ru
         return {task: every[task] for task in tasks}
 
     arms = tmp_path / "run/arms"
-    write_run(arms, "base_rationale", units("STS12"))  # evaluated before retrieval was added
+    # evaluated before retrieval was added; the generative task is the base model's, paired with every trained arm's
+    write_run(arms, "base_rationale", {**units("STS12"), "DescriptionChoice": [1] * 20 + [0] * 20})
     write_run(arms, "grace@seed0", units("STS12"), kind="grace", seed=0)
     write_run(arms, "grace@seed1", units("STS12", "WikiDescriptionRetrieval"), kind="grace", seed=1)
-    write_run(arms, "c", units("STS12", "WikiDescriptionRetrieval"), kind="contrastive")
+    write_run(arms, "c", {**units("STS12", "WikiDescriptionRetrieval"), "DescriptionChoice": [1] * 36 + [0] * 4},
+              kind="contrastive")
     results = collect_results(config, tmp_path / "run")
     grace, contrastive_arm = results["arms"]["grace"], results["arms"]["c"]
     assert list(grace["tasks"]) == ["STS12", "MTEB-offline"]
@@ -601,6 +603,11 @@ def test_a_task_added_after_some_runs_is_paired_and_averaged_only_where_every_ru
     assert cells[retrieval_delta] == "-"  # the reference was not scored on it
     assert cells[sts_delta][0] in "+-" and "[" in cells[sts_delta]
     assert sum("(reference)" in line for line in results_table(results)) == 1
+    best = contrastive_arm["tasks"]["DescriptionChoice"]["vs_best_base"]
+    assert best["arm"] == "base_rationale" and best["diff"] == pytest.approx(40.0) and best["ci_low"] > 0
+    assert [line for line in verdict(results) if "DescriptionChoice" in line] == [
+        "- c on DescriptionChoice (generative retention): better than the base model (base_rationale): 90.0 against "
+        f"50.0 (accuracy, paired difference +40.0 [{best['ci_low']:+.1f}, {best['ci_high']:+.1f}], n = 40)."]
 
 
 def test_the_verdict_names_the_strongest_untrained_embedding_not_only_the_same_span_one(tmp_path):

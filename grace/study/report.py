@@ -317,9 +317,15 @@ def verdict(results: dict, arm_names: list[str] | None = None) -> list[str]:
         arm = arms[name]
         same_way = pooled_the_same_way(results, arm)
         for task, values in arm["tasks"].items():
-            if task == GENERATIVE_TASK:  # generative retention, not an embedding: read beside perplexity
-                continue
             best = values.get(BEST_BASE)
+            if task == GENERATIVE_TASK:  # generative retention, not an embedding: read beside perplexity
+                if best is not None and "not_paired" not in best:
+                    outcome = {"better": "better than", "worse": "worse than"}.get(_verdict(best), "no different from")
+                    lines.append(f"- {name} on {task} (generative retention): {outcome} the base model "
+                                 f"({best['arm']}): {values['score']:.1f} against "
+                                 f"{arms[best['arm']]['tasks'][task]['score']:.1f} ({values['metric']}, paired "
+                                 f"difference {_interval(best)}, n = {values['n']}).")
+                continue
             if best is None:
                 lines.append(f"- {name} on {task}: {values['score']:.1f}, no base model to compare with.")
                 continue

@@ -296,7 +296,8 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
     """results.json: every finished arm (a seeded arm once all its runs have finished), its scores with error bars,
     and paired intervals against `compare_to` (the study's, and the arm's own where it names one); a trained arm is
     also paired, per task, with the strongest untrained embedding of the model on that task (`vs_best_base`, which
-    names that base arm; `not_paired`, with the point scores only, when either's per-item scores were lost). An arm
+    names that base arm; `not_paired`, with the point scores only, when either's per-item scores were lost), and on
+    the generative task with the base model (generative retention). An arm
     whose per-item scores were lost keeps the intervals it was recorded with, and no arm is paired with it. With
     MTEB-offline tasks, their mean is one more task (`MTEB-offline`) with its own intervals."""
     loaded = {}
@@ -333,7 +334,7 @@ def collect_results(config: StudyConfig, study_dir: Path) -> dict:
         units = loaded[arm.name][1]
         for task, values in arms[arm.name]["tasks"].items():
             scored = [name for name in bases if task in arms[name]["tasks"]]
-            if not scored or task == GENERATIVE_TASK:  # the strongest base is an embedding's notion
+            if not scored:  # for the generative task every base arm is the same model: any is "the base model"
                 continue
             best = max(scored, key=lambda name: arms[name]["tasks"][task]["score"])
             best_units = loaded[best][1]
