@@ -367,6 +367,54 @@ def test_a_finished_contrastive_run_is_kept_only_for_the_same_settings_and_tripl
     assert retrained == [(1, 1e-3, 4, 4), (2, 1e-3, 4, 3), (1, 1e-3, 4, 3), (1, 1e-3, 4, 3)]
 
 
+def test_an_interrupted_contrastive_run_resumes_to_the_same_model(tiny_model_path, tmp_path, monkeypatch, capsys):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    data = write_tiny_dataset(tmp_path / "data", "supervised", train_rows=8, test_rows=1)
+    triples = read_triples(data / "train.parquet", examples=8, seed=0)
+    run = dict(epochs=3, lr=1e-3, batch_size=4, seed=1)
+    plain = train_contrastive(tiny_model_path, triples, tmp_path / "plain", checkpoint_steps=None, **run)
+    weights = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").state_dict()
+    # Keeping checkpoints changes nothing, and they are gone once the model is written.
+    kept = train_contrastive(tiny_model_path, triples, tmp_path / "kept", checkpoint_steps=2, **run)
+    assert kept["losses"] == plain["losses"] and not (tmp_path / "kept" / contrastive.CHECKPOINTS_DIR).exists()
+    # A process killed during optimizer step 4 (checkpoints after steps 2 and 4, every 2): it resumes after step 2.
+    forward, training_calls = MultipleNegativesRankingLoss.forward, []
+
+    def killed_at_step_4(self, *args, **kwargs):
+        training_calls.append(torch.is_grad_enabled())
+        if sum(training_calls) == 4:
+            raise KeyboardInterrupt("killed")
+        return forward(self, *args, **kwargs)
+
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        patch.setattr(MultipleNegativesRankingLoss, "forward", killed_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            train_contrastive(tiny_model_path, triples, out, checkpoint_steps=2, **run)
+    assert [f.name for f in (out / contrastive.CHECKPOINTS_DIR).iterdir()] == ["checkpoint-2"]
+    resumed = train_contrastive(tiny_model_path, triples, out, checkpoint_steps=2, **run)
+    assert "resuming contrastive training from checkpoint-2" in capsys.readouterr().out
+    assert resumed["resumed_from_step"] == 2 and resumed["optimizer_steps"] == 6
+    assert resumed["losses"] == plain["losses"]
+    for name, value in AutoModelForCausalLM.from_pretrained(out).state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+
+
+def test_only_complete_checkpoints_of_the_same_run_are_resumed(tmp_path):
+    settings = {"examples": 8, "triples_sha256": "ab", "epochs": 3, "lr": 1e-3, "batch_size": 4, "seed": 1}
+    checkpoints = tmp_path / "checkpoints"
+    for step, recorded in ((2, settings), (4, settings), (6, None), (10, {**settings, "seed": 2})):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        if recorded is not None:
+            (checkpoints / f"checkpoint-{step}" / contrastive.PROGRESS_FILE).write_text(
+                json.dumps({"settings": recorded, "train_seconds": 10.0 * step}))
+    assert contrastive.latest_checkpoint(checkpoints, settings) == (checkpoints / "checkpoint-4", 40.0)
+    assert sorted(f.name for f in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]  # 6 incomplete, 10 other
+    assert contrastive.latest_checkpoint(checkpoints, {**settings, "lr": 2e-3}) == (None, 0.0)
+    assert list(checkpoints.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------- headroom
 def test_headroom_best_of_n_is_the_highest_reward_sample(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "headroom"

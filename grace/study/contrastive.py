@@ -11,6 +11,10 @@ negative, as LLM2Vec and E5-style contrastive training do) on (query, positive, 
 GRACE parquet file. The model is saved as a Hugging Face causal-LM folder (weights, tokenizer, generation
 config), like a merged GRACE checkpoint.
 
+Training keeps a checkpoint (weights, optimizer, scheduler, random states) every `checkpoint_steps` optimizer
+steps and resumes from the latest one when it is run again with the same settings and triples, so a run of an hour
+or more survives its process; the checkpoints are deleted once the model and its summary are written.
+
 Simplifications: the whole model is trained in float32 on the CPU (no LoRA, no gradient cache), one seed, no
 evaluation during training; the LM head (when it is not tied to the embeddings) is frozen, since the embedding
 never uses it.
@@ -21,12 +25,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
+from transformers import TrainerCallback
 
 from grace.embedding import position_ids_from_mask
 from grace.encoder import left_pad
@@ -34,10 +40,15 @@ from grace.pooling import pool_hidden_states, system_prefix_length
 from grace.prompts import SYSTEM_PROMPT, chat_prompt_ids
 
 SUMMARY_FILE = "contrastive_summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+PROGRESS_FILE = "contrastive_progress.json"  # in a checkpoint, written last: the checkpoint is complete
 
 
 class GracePromptEmbedding(InputModule):
     """A causal LM as a sentence-transformers input module producing GRACE's prompt-only embedding."""
+
+    config_file_name = "grace_prompt_embedding.json"  # beside the causal LM's own config.json
+    config_keys = ["max_length", "system_prompt"]
 
     def __init__(self, model, tokenizer, max_length: int = 1024, system_prompt: str = SYSTEM_PROMPT):
         super().__init__()
@@ -64,6 +75,16 @@ class GracePromptEmbedding(InputModule):
     def save(self, output_path: str, *args, **kwargs) -> None:
         self.model.save_pretrained(output_path)
         self.tokenizer.save_pretrained(output_path)
+        self.save_config(output_path)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, **kwargs) -> "GracePromptEmbedding":
+        """The module `save` wrote (sentence-transformers reloads it to resume from a checkpoint)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = cls.load_config(model_name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch.float32)
+        return cls(model, AutoTokenizer.from_pretrained(model_name_or_path), **settings)
 
 
 def read_triples(parquet: Path, examples: int | None = None, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -108,34 +129,77 @@ def mnrl_loss(model, triples, batch_size: int) -> float:
 
 
 def train_contrastive(model_path: Path, triples, out: Path, epochs: int = 1, lr: float = 2e-5, batch_size: int = 8,
-                      seed: int = 0, max_length: int = 1024) -> dict:
-    """Fine-tune with in-batch-negative InfoNCE; saves the causal LM to `out`; returns the run's summary."""
+                      seed: int = 0, max_length: int = 1024, checkpoint_steps: int | None = 25) -> dict:
+    """Fine-tune with in-batch-negative InfoNCE; saves the causal LM to `out`; returns the run's summary.
+
+    With `checkpoint_steps`, a checkpoint is kept in `out/checkpoints` every that many optimizer steps, and a run
+    with the same settings and triples resumes from it; `train_seconds` then adds the time up to the checkpoint to
+    the resumed part's (the steps lost after the checkpoint are not counted: they are trained again).
+    """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+    settings = run_settings(triples, epochs, lr, batch_size, seed)
+    checkpoints = out / CHECKPOINTS_DIR
+    resume, seconds_before = latest_checkpoint(checkpoints, settings) if checkpoint_steps else (None, 0.0)
     torch.manual_seed(seed)
     model = build_model(model_path, max_length)
     loss_before = mnrl_loss(model, triples, batch_size)
     dataset = Dataset.from_dict({"anchor": [t[0] for t in triples], "positive": [t[1] for t in triples],
                                  "negative": [t[2] for t in triples]})
+    saving = ({"save_strategy": "steps", "save_steps": checkpoint_steps, "save_total_limit": 1} if checkpoint_steps
+              else {"save_strategy": "no"})
     arguments = SentenceTransformerTrainingArguments(
-        output_dir=str(out / "trainer"), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        learning_rate=lr, warmup_ratio=0.0, seed=seed, data_seed=seed, save_strategy="no", logging_steps=1,
-        report_to=[], use_cpu=True, dataloader_drop_last=False)
+        output_dir=str(checkpoints), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        learning_rate=lr, warmup_ratio=0.0, seed=seed, data_seed=seed, logging_steps=1, report_to=[], use_cpu=True,
+        dataloader_drop_last=False, **saving)
     trainer = SentenceTransformerTrainer(model=model, args=arguments, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model))
     started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
+    trainer.add_callback(_RecordProgress(settings, lambda: seconds_before + time.perf_counter() - started))
+    if resume is not None:
+        print(f"{out}: resuming contrastive training from {resume.name} ({seconds_before:.0f} s trained)", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    seconds = seconds_before + time.perf_counter() - started
     loss_after = mnrl_loss(model, triples, batch_size)
     model[0].save(str(out))  # save_pretrained writes the generation config too
-    summary = {**run_settings(triples, epochs, lr, batch_size, seed),
-               "optimizer_steps": trainer.state.global_step, "train_seconds": seconds,
+    summary = {**settings, "optimizer_steps": trainer.state.global_step, "train_seconds": seconds,
+               "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
                "loss_before": loss_before, "loss_after": loss_after,
                "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: a summary means a complete model
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return summary
+
+
+def latest_checkpoint(checkpoints: Path, settings: dict) -> tuple[Path | None, float]:
+    """The latest complete checkpoint in `checkpoints` of a run with `settings`, and the seconds trained up to it.
+
+    Checkpoints of a run with other settings or triples are deleted (training starts again), as are incomplete ones
+    (a process killed while saving)."""
+    complete = []
+    for folder in sorted(checkpoints.glob("checkpoint-*"), key=lambda f: int(f.name.split("-")[-1])):
+        progress = folder / PROGRESS_FILE
+        recorded = json.loads(progress.read_text()) if progress.exists() else None
+        if recorded is not None and recorded["settings"] == settings:
+            complete.append((folder, recorded["train_seconds"]))
+        else:
+            print(f"{folder}: {'another run' if recorded else 'an incomplete checkpoint'}; deleted", flush=True)
+            shutil.rmtree(folder)
+    return complete[-1] if complete else (None, 0.0)
+
+
+class _RecordProgress(TrainerCallback):
+    """Marks each saved checkpoint complete, with the run's settings and the seconds trained up to it."""
+
+    def __init__(self, settings: dict, seconds):
+        self.settings, self.seconds = settings, seconds
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        record = {"settings": self.settings, "train_seconds": self.seconds()}
+        (folder / PROGRESS_FILE).write_text(json.dumps(record, indent=2))
 
 
 def run_settings(triples, epochs: int, lr: float, batch_size: int, seed: int) -> dict:
@@ -150,7 +214,8 @@ def train_or_reuse(model_path: Path, triples, out: Path, epochs: int, lr: float,
     """The summary of a finished run in `out` with the same settings and triples, else `train_contrastive`'s.
 
     A study whose evaluation was interrupted then evaluates the model it trained instead of training it again
-    (an hour for 4 epochs on 2 cores); a run with other settings, or one without a summary, is trained again.
+    (an hour for 4 epochs on 2 cores); a run with other settings, or one without a summary, is trained again (from
+    its latest checkpoint when its training was interrupted).
     """
     summary_file = out / SUMMARY_FILE
     if summary_file.exists():
@@ -175,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help="triples per batch (in-batch negatives)")
     parser.add_argument("--seed", type=int, default=0, help="shuffle and training seed")
     parser.add_argument("--max_length", type=int, default=1024, help="max prompt tokens per text")
+    parser.add_argument("--checkpoint_steps", type=int, default=25,
+                        help="keep a resumable checkpoint every this many optimizer steps (0: none)")
     return parser
 
 
@@ -183,7 +250,7 @@ def main(argv=None) -> int:
     triples = read_triples(args.data, args.examples, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = train_contrastive(args.model, triples, args.out, args.epochs, args.lr, args.batch_size, args.seed,
-                                args.max_length)
+                                args.max_length, args.checkpoint_steps or None)
     print(f"trained on {summary['examples']} triples in {summary['train_seconds']:.0f} s: loss "
           f"{summary['loss_before']:.4f} -> {summary['loss_after']:.4f}; model in {args.out}")
     return 0
