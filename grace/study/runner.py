@@ -12,7 +12,8 @@ Layout of OUT/<name>/ (OUT defaults to study_out):
 
 An arm with a result.json is skipped on a re-run; a GRACE arm whose training was interrupted resumes from its
 latest checkpoint (verl's resume_mode=auto over arms/<arm>/checkpoints), a contrastive arm keeps a finished training
-of the same settings and triples (`grace.study.contrastive.train_or_reuse`) and otherwise trains again. An
+of the same settings and triples (`grace.study.contrastive.train_or_reuse`) and otherwise resumes from its latest
+checkpoint (trained_model/checkpoints, every 25 optimizer steps) or trains from the start. An
 arm with `model_from` trains nothing: it evaluates that arm's arms/<run>/trained_model/ (same seed) its own way, and
 runs again whenever that run trains again.
 With an archive folder (`grace.study.archive`), archived arms are restored before the run and each arm is archived
