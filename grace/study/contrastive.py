@@ -165,7 +165,7 @@ def train_contrastive(model_path: Path, triples, out: Path, epochs: int = 1, lr:
     loss_after = mnrl_loss(model, triples, batch_size)
     model[0].save(str(out))  # save_pretrained writes the generation config too
     summary = {**settings, "optimizer_steps": trainer.state.global_step, "train_seconds": seconds,
-               "resumed_from_step": int(resume.name.split("-")[-1]) if resume is not None else None,
+               "resumed_from_step": step_of_checkpoint(resume) if resume is not None else None,
                "loss_before": loss_before, "loss_after": loss_after,
                "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # last: a summary means a complete model
@@ -179,7 +179,7 @@ def latest_checkpoint(checkpoints: Path, settings: dict) -> tuple[Path | None, f
     Checkpoints of a run with other settings or triples are deleted (training starts again), as are incomplete ones
     (a process killed while saving)."""
     complete = []
-    for folder in sorted(checkpoints.glob("checkpoint-*"), key=lambda f: int(f.name.split("-")[-1])):
+    for folder in sorted(checkpoints.glob("checkpoint-*"), key=step_of_checkpoint):
         progress = folder / PROGRESS_FILE
         recorded = json.loads(progress.read_text()) if progress.exists() else None
         if recorded is not None and recorded["settings"] == settings:
@@ -188,6 +188,11 @@ def latest_checkpoint(checkpoints: Path, settings: dict) -> tuple[Path | None, f
             print(f"{folder}: {'another run' if recorded else 'an incomplete checkpoint'}; deleted", flush=True)
             shutil.rmtree(folder)
     return complete[-1] if complete else (None, 0.0)
+
+
+def step_of_checkpoint(folder: Path) -> int:
+    """The optimizer step of a trainer checkpoint folder (`checkpoint-<step>`)."""
+    return int(folder.name.split("-")[-1])
 
 
 class _RecordProgress(TrainerCallback):
