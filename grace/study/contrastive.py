@@ -78,13 +78,17 @@ class GracePromptEmbedding(InputModule):
         self.save_config(output_path)
 
     @classmethod
-    def load(cls, model_name_or_path: str, **kwargs) -> "GracePromptEmbedding":
-        """The module `save` wrote (sentence-transformers reloads it to resume from a checkpoint)."""
+    def from_causal_lm(cls, model_path, **settings) -> "GracePromptEmbedding":
+        """The causal LM and tokenizer of a Hugging Face folder, in float32."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        settings = cls.load_config(model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch.float32)
-        return cls(model, AutoTokenizer.from_pretrained(model_name_or_path), **settings)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        return cls(model, AutoTokenizer.from_pretrained(model_path), **settings)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, **kwargs) -> "GracePromptEmbedding":
+        """The module `save` wrote (sentence-transformers reloads it to resume from a checkpoint)."""
+        return cls.from_causal_lm(model_name_or_path, **cls.load_config(model_name_or_path))
 
 
 def read_triples(parquet: Path, examples: int | None = None, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -105,13 +109,11 @@ def read_triples(parquet: Path, examples: int | None = None, seed: int = 0) -> l
 def build_model(model_path: Path, max_length: int = 1024):
     """A SentenceTransformer over the causal LM at `model_path`, in float32, LM head frozen when untied."""
     from sentence_transformers import SentenceTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    if not model.config.tie_word_embeddings:
-        model.get_output_embeddings().requires_grad_(False)
-    return SentenceTransformer(modules=[GracePromptEmbedding(model, tokenizer, max_length)], device="cpu")
+    module = GracePromptEmbedding.from_causal_lm(model_path, max_length=max_length)
+    if not module.model.config.tie_word_embeddings:
+        module.model.get_output_embeddings().requires_grad_(False)
+    return SentenceTransformer(modules=[module], device="cpu")
 
 
 def mnrl_loss(model, triples, batch_size: int) -> float:
